@@ -1,0 +1,1 @@
+"""Local development tools for stepbus (never imported by the services)."""

@@ -1,0 +1,304 @@
+"""The script: what the scripted model answers, decided only from the request.
+
+Pure functions, no I/O. The conversation's first user message is the task input; bracketed
+directives in it tune the behaviour (see :func:`read_directives`), the arithmetic expressions
+left in it are worked through one ``calculator`` tool call at a time, and the final answer is
+built from the tool results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CALCULATOR",
+    "Directives",
+    "ToolCall",
+    "Turn",
+    "Usage",
+    "conversation_hash",
+    "extract_expressions",
+    "message_text",
+    "next_turn",
+    "parse_latency_range",
+    "read_directives",
+    "task_input",
+]
+
+CALCULATOR = "calculator"
+"""The only tool the script knows how to use."""
+
+LOOP_EXPRESSION = "1 + 1"
+
+_DIRECTIVE = re.compile(
+    r"\[\s*(?:"
+    r"latency\s*=\s*(?P<latency>\d+(?:\s*-\s*\d+)?)"
+    r"|usage\s*=\s*(?P<usage>\d+)"
+    r"|fail\s*=\s*(?P<fail>[45]\d\d)"
+    r"|(?P<flag>parallel|loop)"
+    r")\s*\]",
+    re.IGNORECASE,
+)
+# Horizontal whitespace only: a line break ends an expression, so one expression per line works.
+_CANDIDATE = re.compile(r"[0-9.()+\-*/%^ \t]+")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?|\.\d+")
+_OPERATOR = re.compile(r"[+\-*/%^]")
+_ERROR_PREFIX = "error:"
+
+Message = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Directives:
+    """Behaviour switches read from the task input.
+
+    Attributes:
+        latency_ms: Extra latency range ``(lo, hi)`` for every call, or ``None``.
+        parallel: Ask for all remaining calculator calls in one turn.
+        usage: Completion tokens to report on every turn, or ``None`` to count them.
+        fail: HTTP status to fail each distinct request with once, or ``None``.
+        loop: Never finish; ask for ``1 + 1`` on every turn.
+    """
+
+    latency_ms: tuple[int, int] | None = None
+    parallel: bool = False
+    usage: int | None = None
+    fail: int | None = None
+    loop: bool = False
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call the model asks for; ``arguments`` is a JSON object as text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts reported for one turn."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Turn:
+    """The assistant's answer: final text, or tool calls (then ``content`` is ``None``)."""
+
+    content: str | None
+    tool_calls: tuple[ToolCall, ...]
+    usage: Usage
+
+    @property
+    def finish_reason(self) -> str:
+        """``"tool_calls"`` when the turn asks for tools, else ``"stop"``."""
+        return "tool_calls" if self.tool_calls else "stop"
+
+
+def parse_latency_range(text: str) -> tuple[int, int]:
+    """Parse ``"200"`` or ``"50-300"`` (milliseconds) into an ordered ``(lo, hi)`` pair.
+
+    Raises:
+        ValueError: If the text is not one non-negative integer or two joined by ``-``.
+    """
+    parts = [part.strip() for part in text.split("-")]
+    if len(parts) > 2 or not all(part.isdigit() for part in parts):
+        raise ValueError(f"latency must look like '200' or '50-300', got {text!r}")
+    lo, hi = int(parts[0]), int(parts[-1])
+    return (min(lo, hi), max(lo, hi))
+
+
+def message_text(content: Any) -> str:
+    """Return the text of a message ``content`` (a string, ``None`` or a list of parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, Mapping))
+    return ""
+
+
+def task_input(messages: Sequence[Message]) -> str:
+    """Return the text of the conversation's first user message (``""`` if there is none)."""
+    for message in messages:
+        if message.get("role") == "user":
+            return message_text(message.get("content"))
+    return ""
+
+
+def read_directives(messages: Sequence[Message]) -> Directives:
+    """Read the bracketed directives of the task input.
+
+    Syntax (case-insensitive, anywhere in the first user message): ``[latency=200]``,
+    ``[latency=50-300]``, ``[parallel]``, ``[usage=5000]``, ``[fail=503]`` (any 4xx/5xx
+    status), ``[loop]``. Anything else in brackets is ordinary text.
+    """
+    values: dict[str, Any] = {}
+    for match in _DIRECTIVE.finditer(task_input(messages)):
+        if match["latency"]:
+            values["latency_ms"] = parse_latency_range(match["latency"])
+        elif match["usage"]:
+            values["usage"] = int(match["usage"])
+        elif match["fail"]:
+            values["fail"] = int(match["fail"])
+        else:
+            values[match["flag"].lower()] = True
+    return Directives(**values)
+
+
+def extract_expressions(text: str) -> list[str]:
+    """Return the arithmetic expressions of ``text``, in order, directives removed first.
+
+    An expression is a maximal run of digits, ``.``, spaces, parentheses and ``+ - * / % ^``
+    with at least one operator and two numbers, stripped of surrounding whitespace, a
+    sentence-ending period and unbalanced outer parentheses.
+    """
+    expressions = []
+    for candidate in _CANDIDATE.findall(_DIRECTIVE.sub(" ", text)):
+        expression = _trim(candidate)
+        if len(_NUMBER.findall(expression)) >= 2 and _OPERATOR.search(expression):
+            expressions.append(expression)
+    return expressions
+
+
+def _trim(candidate: str) -> str:
+    expression = candidate.strip().rstrip(".").strip()
+    while expression.startswith("(") and expression.count("(") > expression.count(")"):
+        expression = expression[1:].strip()
+    while expression.endswith(")") and expression.count(")") > expression.count("("):
+        expression = expression[:-1].strip()
+    return expression
+
+
+def conversation_hash(messages: Sequence[Message]) -> str:
+    """Return a sha256 hex digest of the conversation's roles, texts and tool calls.
+
+    Fields that clients add or drop freely (``name``, ``refusal``, nulls) do not count, so a
+    replayed conversation hashes the same.
+    """
+    canonical = [
+        [
+            message.get("role"),
+            message_text(message.get("content")),
+            message.get("tool_call_id"),
+            [
+                [
+                    call.get("id"),
+                    call.get("function", {}).get("name"),
+                    call.get("function", {}).get("arguments"),
+                ]
+                for call in message.get("tool_calls") or ()
+            ],
+        ]
+        for message in messages
+    ]
+    encoded = json.dumps(canonical, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+def next_turn(messages: Sequence[Message], tools: Sequence[Mapping[str, Any]]) -> Turn:
+    """Decide the assistant's next turn for a conversation.
+
+    Args:
+        messages: The OpenAI chat messages so far (dicts with ``role``, ``content``, ...).
+        tools: The OpenAI tools offered (``{"type": "function", "function": {"name": ...}}``).
+
+    Returns:
+        Tool calls for the next expression(s), or the final text, with token usage.
+    """
+    directives = read_directives(messages)
+    if directives.loop:
+        expressions = [LOOP_EXPRESSION]
+    else:
+        expressions = extract_expressions(task_input(messages))
+    results = _tool_results(messages)
+    text = _final_text(expressions, results, _tool_names(tools), directives)
+    calls: tuple[ToolCall, ...] = ()
+    if text is None:
+        pending = expressions if directives.loop else expressions[len(results) :]
+        calls = _calculator_calls(messages, pending if directives.parallel else pending[:1])
+    output = text if text is not None else "".join(call.arguments for call in calls)
+    prompt_chars = sum(len(message_text(message.get("content"))) for message in messages)
+    usage = Usage(
+        prompt_tokens=_tokens(prompt_chars),
+        completion_tokens=_tokens(len(output)) if directives.usage is None else directives.usage,
+    )
+    return Turn(content=text, tool_calls=calls, usage=usage)
+
+
+def _final_text(
+    expressions: Sequence[str],
+    results: Sequence[str],
+    tool_names: set[str],
+    directives: Directives,
+) -> str | None:
+    """The final answer, or ``None`` when the next turn must call the calculator."""
+    if not expressions:
+        return "I have no arithmetic to do."
+    if CALCULATOR not in tool_names:
+        return "I need the calculator tool."
+    if directives.loop:
+        return None
+    errors = [result for result in results if result.startswith(_ERROR_PREFIX)]
+    if errors:
+        return f"I could not compute: {errors[0]}"
+    if len(results) < len(expressions):
+        return None
+    if len(expressions) == 1:
+        return results[0]
+    return "Results: " + ", ".join(results[: len(expressions)])
+
+
+def _tool_names(tools: Sequence[Mapping[str, Any]]) -> set[str]:
+    return {
+        tool.get("function", {}).get("name")
+        for tool in tools
+        if tool.get("type", "function") == "function"
+    }
+
+
+def _tool_results(messages: Sequence[Message]) -> list[str]:
+    """Tool results ordered by when their call was asked for, not when they arrived."""
+    call_order = {
+        call.get("id"): position
+        for position, call in enumerate(
+            call for message in messages for call in message.get("tool_calls") or ()
+        )
+    }
+    tool_messages = [message for message in messages if message.get("role") == "tool"]
+    ranked = sorted(
+        enumerate(tool_messages),
+        key=lambda item: (call_order.get(item[1].get("tool_call_id"), len(call_order)), item[0]),
+    )
+    return [message_text(message.get("content")) for _, message in ranked]
+
+
+def _calculator_calls(
+    messages: Sequence[Message], expressions: Sequence[str]
+) -> tuple[ToolCall, ...]:
+    conversation = conversation_hash(messages)
+    return tuple(
+        ToolCall(
+            id="call_" + hashlib.sha256(f"{conversation}:{index}".encode()).hexdigest()[:12],
+            name=CALCULATOR,
+            arguments=json.dumps({"expression": expression}),
+        )
+        for index, expression in enumerate(expressions)
+    )
+
+
+def _tokens(characters: int) -> int:
+    return max(1, math.ceil(characters / 4))

@@ -1,0 +1,65 @@
+"""One discriminated union and one ``TypeAdapter`` per topic: what may appear where."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, TypeAdapter
+
+from .planning import LlmDecided, TaskAccepted
+from .results import TaskCancelled, TaskCompleted, TaskFailed, TaskProgress
+from .tasks import TaskCancelRequested, TaskSubmitted
+from .tools import ToolCallCompleted, ToolCallFailed, ToolCallRequested
+
+__all__ = [
+    "HistoryEvent",
+    "ResultEvent",
+    "TaskInputEvent",
+    "TerminalEvent",
+    "ToolCommand",
+    "history_adapter",
+    "results_adapter",
+    "tasks_adapter",
+    "tool_calls_adapter",
+]
+
+TaskInputEvent = Annotated[TaskSubmitted | TaskCancelRequested, Field(discriminator="type")]
+"""What upstream systems publish to ``tasks``."""
+
+TerminalEvent = TaskCompleted | TaskFailed | TaskCancelled
+"""The events that end a task; exactly one per task reaches ``results``."""
+
+HistoryEvent = Annotated[
+    TaskAccepted
+    | LlmDecided
+    | ToolCallCompleted
+    | ToolCallFailed
+    | TaskCompleted
+    | TaskFailed
+    | TaskCancelled,
+    Field(discriminator="type"),
+]
+"""What ``planner.history`` holds: a task's journal."""
+
+ToolCommand = Annotated[ToolCallRequested, Field(discriminator="type")]
+"""What ``tool.calls`` holds."""
+
+ResultEvent = Annotated[
+    TaskProgress | TaskCompleted | TaskFailed | TaskCancelled, Field(discriminator="type")
+]
+"""What ``results`` holds."""
+
+tasks_adapter: TypeAdapter[TaskSubmitted | TaskCancelRequested] = TypeAdapter(TaskInputEvent)
+history_adapter: TypeAdapter[
+    TaskAccepted
+    | LlmDecided
+    | ToolCallCompleted
+    | ToolCallFailed
+    | TaskCompleted
+    | TaskFailed
+    | TaskCancelled
+] = TypeAdapter(HistoryEvent)
+tool_calls_adapter: TypeAdapter[ToolCallRequested] = TypeAdapter(ToolCommand)
+results_adapter: TypeAdapter[TaskProgress | TaskCompleted | TaskFailed | TaskCancelled] = (
+    TypeAdapter(ResultEvent)
+)

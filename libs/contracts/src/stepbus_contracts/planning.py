@@ -1,0 +1,100 @@
+"""The planner's journal: events on ``planner.history`` that record each ReAct decision.
+
+Folding a task's history rebuilds the planner's state for it exactly; a decision recorded
+here is never asked of the LLM again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from .envelope import CloudEvent, EventData
+
+__all__ = [
+    "LlmDecided",
+    "LlmDecidedData",
+    "PlannedToolCall",
+    "TaskAccepted",
+    "TaskAcceptedData",
+    "TokenUsage",
+]
+
+
+class TokenUsage(EventData):
+    """Tokens an LLM call (or a whole task) consumed."""
+
+    prompt_tokens: int = Field(default=0, ge=0, description="Tokens sent to the model.")
+    completion_tokens: int = Field(default=0, ge=0, description="Tokens the model produced.")
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+        )
+
+
+class TaskAcceptedData(EventData):
+    """The task as the planner will run it: everything replay needs, resolved once."""
+
+    input: str = Field(description="The user's request.")
+    session_id: str | None = Field(default=None, description="Conversation the task belongs to.")
+    tools: list[str] = Field(description="Tools offered to the model (resolved, never null).")
+    max_iterations: int = Field(description="Most LLM steps before the task fails.")
+    deadline_at: datetime = Field(description="Past this instant the task fails.")
+    token_budget: int | None = Field(default=None, description="Most tokens for the whole task.")
+    metadata: dict[str, str] = Field(default_factory=dict, description="Labels from submission.")
+    submitted_id: str = Field(description="Id of the `stepbus.task.submitted` event.")
+    model: str = Field(description="The LLM the planner uses for this task.")
+
+
+class TaskAccepted(CloudEvent):
+    """The planner took the task; the first record of every task's history."""
+
+    type: Literal["stepbus.task.accepted"] = "stepbus.task.accepted"
+    data: TaskAcceptedData = Field(description="The resolved task.")
+
+
+class PlannedToolCall(EventData):
+    """One tool call the model asked for in a step."""
+
+    call_index: int = Field(ge=0, description="Position of the call within its step.")
+    name: str = Field(description="Tool name.")
+    arguments: dict[str, Any] = Field(
+        default_factory=dict, description="Arguments the model gave, decoded from JSON."
+    )
+    arguments_error: str | None = Field(
+        default=None, description="Set when the model's arguments were not a JSON object."
+    )
+    llm_call_id: str = Field(
+        description="The model's own tool_call_id: used only to pair the answer in the "
+        "conversation, never as an idempotency key."
+    )
+
+
+class LlmDecidedData(EventData):
+    """What the model answered at one step: a thought, tool calls, or the final answer."""
+
+    step: int = Field(ge=0, description="ReAct step, 0-based.")
+    content: str | None = Field(default=None, description="Text the model produced, if any.")
+    tool_calls: list[PlannedToolCall] = Field(
+        default_factory=list, description="Tool calls to run; empty means a final answer."
+    )
+    usage: TokenUsage = Field(default_factory=TokenUsage, description="Tokens of this call.")
+    model: str = Field(description="Model that answered.")
+    finish_reason: str | None = Field(default=None, description="As the model reported it.")
+    duration_ms: float = Field(default=0.0, ge=0, description="Wall time of the LLM call.")
+
+
+class LlmDecided(CloudEvent):
+    """A recorded LLM decision. Written before any tool call it asks for is dispatched."""
+
+    type: Literal["stepbus.llm.decided"] = "stepbus.llm.decided"
+    data: LlmDecidedData = Field(description="The decision.")

@@ -1,0 +1,92 @@
+"""Public output on the ``results`` topic: progress, and exactly one terminal event per task."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .envelope import CloudEvent, EventData
+from .planning import TokenUsage
+
+__all__ = [
+    "FailureReason",
+    "TaskCancelled",
+    "TaskCancelledData",
+    "TaskCompleted",
+    "TaskCompletedData",
+    "TaskFailed",
+    "TaskFailedData",
+    "TaskProgress",
+    "TaskProgressData",
+]
+
+FailureReason = Literal[
+    "max_iterations", "deadline", "token_budget", "llm_error", "invalid_task", "internal"
+]
+
+
+class TaskProgressData(EventData):
+    """One visible step of a running task."""
+
+    step: int = Field(ge=0, description="ReAct step the progress belongs to.")
+    stage: Literal["accepted", "thought", "action", "observation"] = Field(
+        description="`accepted`, `thought` (model text), `action` (tool call), "
+        "`observation` (tool result)."
+    )
+    message: str = Field(description="Human-readable summary.")
+    tool: str | None = Field(default=None, description="Tool name for action/observation.")
+
+
+class TaskProgress(CloudEvent):
+    """Progress of a running task, for consumers and the gateway's SSE stream."""
+
+    type: Literal["stepbus.task.progress"] = "stepbus.task.progress"
+    data: TaskProgressData = Field(description="The progress.")
+
+
+class TaskCompletedData(EventData):
+    """The agent's final answer."""
+
+    output: str = Field(description="The final answer.")
+    steps: int = Field(ge=0, description="LLM steps the task took.")
+    usage: TokenUsage = Field(default_factory=TokenUsage, description="Tokens of all steps.")
+    metadata: dict[str, str] = Field(default_factory=dict, description="Labels from submission.")
+
+
+class TaskCompleted(CloudEvent):
+    """Terminal: the task finished with an answer."""
+
+    type: Literal["stepbus.task.completed"] = "stepbus.task.completed"
+    data: TaskCompletedData = Field(description="The result.")
+
+
+class TaskFailedData(EventData):
+    """Why the task ended without an answer."""
+
+    reason: FailureReason = Field(description="Machine-readable cause.")
+    message: str = Field(description="Human-readable explanation.")
+    steps: int = Field(default=0, ge=0, description="LLM steps taken before failing.")
+    usage: TokenUsage = Field(default_factory=TokenUsage, description="Tokens consumed.")
+    metadata: dict[str, str] = Field(default_factory=dict, description="Labels from submission.")
+
+
+class TaskFailed(CloudEvent):
+    """Terminal: the task failed (budget exceeded, LLM unavailable, invalid task, ...)."""
+
+    type: Literal["stepbus.task.failed"] = "stepbus.task.failed"
+    data: TaskFailedData = Field(description="The failure.")
+
+
+class TaskCancelledData(EventData):
+    """Why the task was cancelled."""
+
+    reason: str = Field(default="", description="The reason given with the cancel request.")
+    steps: int = Field(default=0, ge=0, description="LLM steps taken before cancellation.")
+
+
+class TaskCancelled(CloudEvent):
+    """Terminal: the task was cancelled on request."""
+
+    type: Literal["stepbus.task.cancelled"] = "stepbus.task.cancelled"
+    data: TaskCancelledData = Field(description="The cancellation.")

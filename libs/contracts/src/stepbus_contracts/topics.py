@@ -1,0 +1,95 @@
+"""The topic catalog: every topic stepbus uses, what flows on it, and how it is kept.
+
+Wire names are written out here, never derived from Python names. All topic names share a
+configurable prefix (default ``stepbus.``) so several deployments, or tests, can share a cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["DEFAULT_PREFIX", "TopicSpec", "Topics"]
+
+DEFAULT_PREFIX = "stepbus."
+
+_DAY_MS = 24 * 60 * 60 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """How one topic is created: partitions and topic-level configs."""
+
+    suffix: str
+    description: str
+    partitions: int = 6
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+_SPECS: tuple[TopicSpec, ...] = (
+    TopicSpec(
+        "tasks",
+        "Public input: task submissions, cancellations, approval decisions (CloudEvents).",
+        configs={"retention.ms": str(7 * _DAY_MS)},
+    ),
+    TopicSpec(
+        "planner.history",
+        "Each task's journal and the planner's inbox; folding it rebuilds the planner state.",
+        configs={"retention.ms": str(7 * _DAY_MS)},
+    ),
+    TopicSpec(
+        "tool.calls",
+        "Commands to the tool-executor: run one tool call under its idempotency key.",
+        configs={"retention.ms": str(7 * _DAY_MS)},
+    ),
+    TopicSpec(
+        "results",
+        "Public output: progress and exactly one terminal event per task (CloudEvents).",
+        configs={"retention.ms": str(7 * _DAY_MS)},
+    ),
+    TopicSpec(
+        "dlq",
+        "Records that could not be decoded or processed; error and origin in headers.",
+        partitions=1,
+        configs={"retention.ms": str(30 * _DAY_MS)},
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names under one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def name(self, suffix: str) -> str:
+        """The full topic name for a catalog suffix such as ``"tasks"``."""
+        return f"{self.prefix}{suffix}"
+
+    @property
+    def tasks(self) -> str:
+        """Public input topic."""
+        return self.name("tasks")
+
+    @property
+    def planner_history(self) -> str:
+        """The planner's journal and inbox."""
+        return self.name("planner.history")
+
+    @property
+    def tool_calls(self) -> str:
+        """Commands to the tool-executor."""
+        return self.name("tool.calls")
+
+    @property
+    def results(self) -> str:
+        """Public output topic."""
+        return self.name("results")
+
+    @property
+    def dlq(self) -> str:
+        """Dead-letter topic."""
+        return self.name("dlq")
+
+    def specs(self) -> list[tuple[str, TopicSpec]]:
+        """Every topic of the catalog with its full name."""
+        return [(self.name(spec.suffix), spec) for spec in _SPECS]

@@ -1,0 +1,34 @@
+"""What stepbus services share at run time: the Kafka processor, settings and telemetry."""
+
+from .admin import ensure_topics
+from .codec import decode, encode
+from .errors import DecodeError, PermanentError, RetryableError, StepbusError
+from .health import serve_health
+from .processor import Handler, Processor, RecordContext, Route
+from .publisher import Emit, EventPublisher
+from .settings import ServiceSettings
+from .telemetry import setup_telemetry
+from .tracing import extract_context, inject_context
+from .worker import run_worker
+
+__all__ = [
+    "DecodeError",
+    "Emit",
+    "EventPublisher",
+    "Handler",
+    "PermanentError",
+    "Processor",
+    "RecordContext",
+    "RetryableError",
+    "Route",
+    "ServiceSettings",
+    "StepbusError",
+    "decode",
+    "encode",
+    "ensure_topics",
+    "extract_context",
+    "inject_context",
+    "run_worker",
+    "serve_health",
+    "setup_telemetry",
+]

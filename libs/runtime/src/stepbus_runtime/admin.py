@@ -1,0 +1,52 @@
+"""Create the catalog's topics on startup (the broker does not auto-create them)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from stepbus_contracts import Topics
+
+__all__ = ["ensure_topics"]
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_topics(
+    bootstrap_servers: str, topics: Topics, *, replication_factor: int = 1, timeout: float = 60.0
+) -> None:
+    """Create every topic of the catalog that does not exist yet; existing ones are kept.
+
+    Retries while the broker is unreachable, up to ``timeout`` seconds.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [
+                NewTopic(
+                    name,
+                    num_partitions=spec.partitions,
+                    replication_factor=replication_factor,
+                    topic_configs=spec.configs,
+                )
+                for name, spec in topics.specs()
+                if name not in existing
+            ]
+            if missing:
+                try:
+                    await admin.create_topics(missing)
+                except TopicAlreadyExistsError:
+                    pass  # another service created them first
+                log.info("created topics %s", [t.name for t in missing])
+            return
+        except KafkaConnectionError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+        finally:
+            await admin.close()

@@ -1,0 +1,21 @@
+"""Prometheus metrics shared by every service, labelled by service name."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = ["DLQ_RECORDS", "IN_FLIGHT", "RECORDS", "RECORD_SECONDS"]
+
+RECORDS = Counter(
+    "stepbus_records_total", "Records processed, by outcome.", ["service", "topic", "outcome"]
+)
+RECORD_SECONDS = Histogram(
+    "stepbus_record_seconds",
+    "Time from a record's start to its outputs being acknowledged.",
+    ["service", "topic"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+IN_FLIGHT = Gauge("stepbus_in_flight_records", "Records started and not finished.", ["service"])
+DLQ_RECORDS = Counter(
+    "stepbus_dlq_records_total", "Records sent to the dead-letter topic.", ["service", "topic"]
+)

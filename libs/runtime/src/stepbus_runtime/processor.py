@@ -1,0 +1,348 @@
+"""The Kafka processor: concurrent across tasks, ordered within a task, at-least-once.
+
+One processor consumes a set of topics in one consumer group. Each record runs in its own
+asyncio task; records with the same key (the task id) run one after another, in offset order,
+while records of other tasks run concurrently, so a 30-second LLM call stalls nobody else. A
+record is finished once its outputs are acknowledged by the broker; the committed offset of a
+partition is the lowest record not yet finished. In-flight records are bounded: above the bound
+every assigned partition is paused, and the poll loop keeps running so the consumer never
+trips ``max.poll.interval.ms``.
+
+Records that cannot be decoded, or whose handler keeps failing, go to the DLQ with the reason and
+their origin in headers; the processor moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+from opentelemetry import trace
+from pydantic import TypeAdapter
+
+from .codec import decode
+from .errors import PermanentError
+from .metrics import DLQ_RECORDS, IN_FLIGHT, RECORD_SECONDS, RECORDS
+from .offsets import PartitionOffsets
+from .publisher import Emit, EventPublisher
+from .tracing import extract_context
+
+__all__ = ["Handler", "Processor", "RecordContext", "Route"]
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("stepbus.processor")
+
+
+@dataclass(frozen=True)
+class RecordContext:
+    """Where a record came from, for handlers that need it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    attempt: int
+
+
+Handler = Callable[[Any, RecordContext], Awaitable[Sequence[Emit]]]
+"""Typed event in, events to publish out. Raise ``PermanentError`` to dead-letter the record."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """How records of one topic are decoded and handled."""
+
+    adapter: TypeAdapter[Any]
+    handler: Handler
+
+
+class Processor:
+    """Consumes ``routes`` in ``group_id`` and publishes what handlers return.
+
+    Args:
+        name: Service name, for logs, metrics and the client id.
+        bootstrap_servers: Kafka bootstrap servers.
+        group_id: Consumer group.
+        routes: Topic name to its route.
+        publisher: Started publisher used for outputs and dead letters.
+        dlq_topic: Where undecodable and failing records go.
+        max_in_flight: Records in flight above which partitions are paused.
+        max_attempts: Handler attempts before a record is dead-lettered.
+        retry_backoff: Base and cap of the exponential backoff between attempts, seconds.
+        group_instance_id: Static membership id (stable pod name in Kubernetes).
+        commit_interval: Seconds between offset commits.
+        revoke_grace: Seconds a revoked partition's in-flight records get to finish.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        bootstrap_servers: str,
+        group_id: str,
+        routes: dict[str, Route],
+        publisher: EventPublisher,
+        dlq_topic: str,
+        max_in_flight: int = 512,
+        max_attempts: int = 5,
+        retry_backoff: tuple[float, float] = (0.2, 10.0),
+        group_instance_id: str | None = None,
+        commit_interval: float = 0.5,
+        revoke_grace: float = 5.0,
+        on_assigned: Callable[[set[TopicPartition]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.name = name
+        self._routes = routes
+        self._publisher = publisher
+        self._dlq_topic = dlq_topic
+        self._max_in_flight = max_in_flight
+        self._max_attempts = max_attempts
+        self._backoff = retry_backoff
+        self._commit_interval = commit_interval
+        self._revoke_grace = revoke_grace
+        self._on_assigned = on_assigned
+        self._consumer = AIOKafkaConsumer(
+            *routes,
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            client_id=f"stepbus-{name}",
+            group_instance_id=group_instance_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=500,
+        )
+        self._offsets: dict[TopicPartition, PartitionOffsets] = {}
+        self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        self._tails: dict[bytes | None, asyncio.Task[None]] = {}
+        self._in_flight = 0
+        self._paused = False
+        self._stopping = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._last_commit = 0.0
+
+    @property
+    def ready(self) -> bool:
+        """True once the consumer joined its group and polls."""
+        return self._ready.is_set()
+
+    @property
+    def in_flight(self) -> int:
+        """Records started and not yet finished."""
+        return self._in_flight
+
+    async def run(self) -> None:
+        """Consume until ``stop()``; then commit finished work and leave the group."""
+        self._consumer.subscribe(list(self._routes), listener=_Rebalance(self))
+        await self._consumer.start()
+        try:
+            while not self._stopping.is_set():
+                batches = await self._consumer.getmany(timeout_ms=100, max_records=500)
+                self._ready.set()
+                for tp, records in batches.items():
+                    offsets = self._offsets.get(tp)
+                    if offsets is None:  # revoked while the batch was in flight
+                        continue
+                    for record in records:
+                        offsets.track(record.offset)
+                        self._start(tp, record)
+                self._apply_backpressure()
+                await self._maybe_commit()
+        finally:
+            await self._drain(set(self._tasks), self._revoke_grace)
+            await self._commit()
+            await self._consumer.stop()
+
+    def stop(self) -> None:
+        """Ask ``run()`` to finish (SIGTERM path): in-flight records get a grace period."""
+        self._stopping.set()
+
+    # -- one record ---------------------------------------------------------------------
+
+    def _start(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        previous = self._tails.get(record.key)
+        task = asyncio.create_task(self._run_record(tp, record, previous))
+        self._tails[record.key] = task
+        self._tasks.setdefault(tp, set()).add(task)
+        self._in_flight += 1
+        IN_FLIGHT.labels(self.name).set(self._in_flight)
+
+        def _done(done: asyncio.Task[None]) -> None:
+            self._in_flight -= 1
+            IN_FLIGHT.labels(self.name).set(self._in_flight)
+            self._tasks.get(tp, set()).discard(done)
+            if self._tails.get(record.key) is done:
+                del self._tails[record.key]
+
+        task.add_done_callback(_done)
+
+    async def _run_record(
+        self,
+        tp: TopicPartition,
+        record: ConsumerRecord[bytes, bytes],
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # same task id: keep offset order
+        started = time.perf_counter()
+        outcome = "ok"
+        route = self._routes[record.topic]
+        ctx = extract_context(record.headers)
+        with _tracer.start_as_current_span(
+            f"process {record.topic}", context=ctx, kind=trace.SpanKind.CONSUMER
+        ):
+            try:
+                event = decode(route.adapter, record.value)
+                outputs = await self._handle(route, event, record)
+            except PermanentError as exc:
+                outcome = "dead_lettered"
+                await self._dead_letter(record, exc, attempts=getattr(exc, "attempts", 1))
+            else:
+                await self._publish(outputs)
+        offsets = self._offsets.get(tp)
+        if offsets is not None:
+            offsets.finish(record.offset)
+        RECORDS.labels(self.name, record.topic, outcome).inc()
+        RECORD_SECONDS.labels(self.name, record.topic).observe(time.perf_counter() - started)
+
+    async def _handle(
+        self, route: Route, event: Any, record: ConsumerRecord[bytes, bytes]
+    ) -> Sequence[Emit]:
+        key = record.key.decode(errors="replace") if record.key else None
+        for attempt in range(1, self._max_attempts + 1):
+            context = RecordContext(record.topic, record.partition, record.offset, key, attempt)
+            try:
+                return await route.handler(event, context)
+            except PermanentError:
+                raise
+            except Exception as exc:
+                if attempt == self._max_attempts:
+                    error = PermanentError(f"failed after {attempt} attempts: {exc!r}")
+                    error.attempts = attempt  # type: ignore[attr-defined]
+                    raise error from exc
+                delay = min(self._backoff[1], self._backoff[0] * 2 ** (attempt - 1))
+                log.warning(
+                    "%s: %s@%d attempt %d failed (%r); retrying in %.2fs",
+                    self.name, record.topic, record.offset, attempt, exc, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        raise AssertionError("unreachable")
+
+    async def _publish(self, outputs: Sequence[Emit]) -> None:
+        """Publish until acknowledged: a record is not finished before its outputs are."""
+        delay = self._backoff[0]
+        while True:
+            try:
+                await self._publisher.publish(outputs)
+                return
+            except KafkaError as exc:
+                log.warning("%s: publish failed (%r); retrying in %.2fs", self.name, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(self._backoff[1], delay * 2)
+
+    async def _dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], error: Exception, attempts: int
+    ) -> None:
+        log.error(
+            "%s: %s[%d]@%d dead-lettered: %s",
+            self.name, record.topic, record.partition, record.offset, error,
+        )  # fmt: skip
+        headers = [
+            ("stepbus.error", str(error)[:4000].encode()),
+            ("stepbus.error.type", type(error).__name__.encode()),
+            ("stepbus.origin.topic", record.topic.encode()),
+            ("stepbus.origin.partition", str(record.partition).encode()),
+            ("stepbus.origin.offset", str(record.offset).encode()),
+            ("stepbus.attempts", str(attempts).encode()),
+            ("stepbus.service", self.name.encode()),
+            *[(k, v) for k, v in (record.headers or ()) if not k.startswith("stepbus.")],
+        ]
+        delay = self._backoff[0]
+        while True:
+            try:
+                await self._publisher.send_raw(self._dlq_topic, record.value, record.key, headers)
+                DLQ_RECORDS.labels(self.name, record.topic).inc()
+                return
+            except KafkaError as exc:
+                log.warning("%s: DLQ publish failed (%r); retrying", self.name, exc)
+                await asyncio.sleep(delay)
+                delay = min(self._backoff[1], delay * 2)
+
+    # -- flow control and commits -------------------------------------------------------
+
+    def _apply_backpressure(self) -> None:
+        assigned = self._consumer.assignment()
+        if not self._paused and self._in_flight >= self._max_in_flight:
+            self._consumer.pause(*assigned)
+            self._paused = True
+        elif self._paused and self._in_flight < self._max_in_flight // 2:
+            self._consumer.resume(*assigned)
+            self._paused = False
+
+    async def _maybe_commit(self) -> None:
+        if time.monotonic() - self._last_commit >= self._commit_interval:
+            await self._commit()
+
+    async def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
+        self._last_commit = time.monotonic()
+        offsets = {}
+        for tp, tracker in self._offsets.items():
+            if partitions is not None and tp not in partitions:
+                continue
+            position = tracker.committable()
+            if position is not None and position > tracker.committed:
+                offsets[tp] = position
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:  # rebalancing: the next owner re-reads from the last commit
+            log.warning("%s: commit failed (%r)", self.name, exc)
+            return
+        for tp, position in offsets.items():
+            self._offsets[tp].committed = position
+
+    async def _drain(self, partitions: set[TopicPartition], grace: float) -> None:
+        """Give in-flight records of ``partitions`` ``grace`` seconds, then cancel the rest."""
+        tasks = {task for tp in partitions for task in self._tasks.get(tp, ())}
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    async def _partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._drain(revoked, self._revoke_grace)
+        await self._commit(revoked)
+        for tp in revoked:
+            self._offsets.pop(tp, None)
+            self._tasks.pop(tp, None)
+
+    async def _partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            self._offsets.setdefault(tp, PartitionOffsets())
+        if self._paused:
+            self._consumer.pause(*assigned)
+        if self._on_assigned is not None:
+            await self._on_assigned(assigned)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, processor: Processor) -> None:
+        self._processor = processor
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        with contextlib.suppress(Exception):
+            await self._processor._partitions_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._processor._partitions_assigned(set(assigned))

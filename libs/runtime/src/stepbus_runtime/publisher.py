@@ -1,0 +1,85 @@
+"""An idempotent Kafka producer for events: every output is acknowledged before it counts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaProducer
+from stepbus_contracts import CloudEvent
+
+from .codec import encode
+from .tracing import Headers, inject_context
+
+__all__ = ["Emit", "EventPublisher"]
+
+
+@dataclass(frozen=True)
+class Emit:
+    """One event to publish: the record key is the event's subject (the task id)."""
+
+    topic: str
+    event: CloudEvent
+    headers: tuple[tuple[str, bytes], ...] = field(default=())
+
+
+class EventPublisher:
+    """Publishes events with ``acks=all`` and the idempotent producer.
+
+    Args:
+        bootstrap_servers: Kafka bootstrap servers, ``host:port[,host:port]``.
+        client_id: Shown in broker logs and metrics.
+        max_request_size: Largest record the producer sends, in bytes.
+    """
+
+    def __init__(
+        self, bootstrap_servers: str, client_id: str, max_request_size: int = 1_048_576
+    ) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=2,
+            max_request_size=max_request_size,
+            compression_type=None,
+        )
+
+    async def start(self) -> None:
+        """Connect to the cluster."""
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        """Flush what is pending and disconnect."""
+        await self._producer.stop()
+
+    async def publish(self, emits: Sequence[Emit]) -> None:
+        """Send every event and return once the broker has acknowledged all of them.
+
+        Trace context of the current span is added to each record's headers.
+
+        Raises:
+            aiokafka.errors.KafkaError: An event was not acknowledged; some may have been.
+        """
+        if not emits:
+            return
+        futures = []
+        for emit in emits:
+            headers: Headers = list(emit.headers)
+            inject_context(headers)
+            futures.append(
+                await self._producer.send(
+                    emit.topic,
+                    value=encode(emit.event),
+                    key=emit.event.subject.encode(),
+                    headers=headers,
+                )
+            )
+        await asyncio.gather(*futures)
+
+    async def send_raw(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
+    ) -> None:
+        """Send bytes as they are (used for dead letters) and wait for the acknowledgement."""
+        await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)

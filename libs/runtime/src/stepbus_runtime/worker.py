@@ -1,0 +1,45 @@
+"""Run a processor as a service: topics, health endpoint, signals, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from .admin import ensure_topics
+from .health import serve_health
+from .processor import Processor
+from .publisher import EventPublisher
+from .settings import ServiceSettings
+
+__all__ = ["run_worker"]
+
+log = logging.getLogger(__name__)
+
+
+async def run_worker(
+    settings: ServiceSettings,
+    publisher: EventPublisher,
+    processor: Processor,
+    metrics_port: int,
+) -> None:
+    """Run until SIGTERM/SIGINT: finished work is committed, unfinished work left for others."""
+    await ensure_topics(
+        settings.kafka_bootstrap_servers,
+        settings.topics,
+        replication_factor=settings.topic_replication_factor,
+    )
+    await publisher.start()
+    server = await serve_health(settings.metrics_host, metrics_port, lambda: processor.ready)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, processor.stop)
+    log.info("%s started; metrics on %s:%d", processor.name, settings.metrics_host, metrics_port)
+    try:
+        await processor.run()
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await publisher.stop()
+        log.info("%s stopped", processor.name)

@@ -1,0 +1,1 @@
+"""stepbus gateway: HTTP in, Kafka out, progress over SSE."""

@@ -1,0 +1,1 @@
+"""stepbus planner: the ReAct loop as a Kafka service."""

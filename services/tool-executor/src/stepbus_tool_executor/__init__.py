@@ -1,0 +1,1 @@
+"""stepbus tool-executor: runs tool calls under idempotency keys."""
