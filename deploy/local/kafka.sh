@@ -12,6 +12,9 @@
 #   KAFKA_HEAP_OPTS          JVM heap options (default: -Xms256m -Xmx768m)
 #   KAFKA_START_TIMEOUT      seconds to wait for readiness (default 60)
 #   KAFKA_STOP_TIMEOUT       seconds to wait after SIGTERM before SIGKILL (default 20)
+#   KAFKA_READY_PROBE        force the readiness probe: kcat or log (default: aiokafka when a
+#                            Python with aiokafka is found, else kcat, else the log line)
+#   STEPBUS_PYTHON           Python to try first for the aiokafka probe
 #
 # `status` exits 0 when the broker runs and 3 when it does not.
 set -euo pipefail
@@ -149,6 +152,11 @@ group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 num.partitions=6
 
+# A restart after SIGKILL (the chaos test) waits for the old registration's session to expire
+# before the broker can register again; 9 s by default, 4 s here.
+broker.session.timeout.ms=4000
+broker.heartbeat.interval.ms=1000
+
 # Local disk use: small segments, one day or 1 GiB per partition.
 log.segment.bytes=67108864
 log.retention.hours=24
@@ -174,12 +182,20 @@ format_once() {
     echo "$endpoint" >"$FORMATTED_FOR"
 }
 
+# Byte offsets of the two logs when this start began, so failures show only this run's lines.
+SERVER_LOG_OFFSET=0
+CONSOLE_LOG_OFFSET=0
+
 print_tail() {
-    local file
+    local file offset lines
     for file in "$SERVER_LOG" "$CONSOLE_LOG"; do
-        if [[ -s "$file" ]]; then
+        offset="$SERVER_LOG_OFFSET"
+        [[ "$file" == "$CONSOLE_LOG" ]] && offset="$CONSOLE_LOG_OFFSET"
+        [[ -s "$file" ]] || continue
+        lines="$(tail -c "+$((offset + 1))" "$file" | tail -n 30)"
+        if [[ -n "$lines" ]]; then
             echo "--- last 30 lines of $file ---" >&2
-            tail -n 30 "$file" >&2
+            echo "$lines" >&2
         fi
     done
 }
@@ -190,6 +206,12 @@ PROBE_PYTHON=""
 PROBE=""
 choose_probe() {
     local candidate
+    case "${KAFKA_READY_PROBE:-}" in
+        kcat | log)
+            PROBE="$KAFKA_READY_PROBE"
+            return 0
+            ;;
+    esac
     for candidate in "${STEPBUS_PYTHON:-}" "$REPO/.venv/bin/python" python3; do
         [[ -n "$candidate" ]] || continue
         if command -v "$candidate" >/dev/null 2>&1 \
@@ -225,7 +247,6 @@ except Exception:
 '
 
 broker_ready() {
-    local log_offset="$1"
     port_open "$CONNECT_HOST" "$PORT" || return 1
     case "$PROBE" in
         aiokafka)
@@ -235,17 +256,18 @@ broker_ready() {
             kcat -L -b "$CONNECT_HOST:$PORT" -m 3 2>/dev/null | grep -Eq '^ *[1-9][0-9]* brokers:'
             ;;
         *)
-            tail -c "+$((log_offset + 1))" "$SERVER_LOG" 2>/dev/null | grep -q 'Kafka Server started'
+            tail -c "+$((SERVER_LOG_OFFSET + 1))" "$SERVER_LOG" 2>/dev/null \
+                | grep -q 'Kafka Server started'
             ;;
     esac
 }
 
 wait_ready() {
-    local pid="$1" log_offset="$2"
+    local pid="$1"
     local timeout="${KAFKA_START_TIMEOUT:-60}"
     local deadline=$((SECONDS + timeout))
     choose_probe
-    until broker_ready "$log_offset"; do
+    until broker_ready; do
         if ! kill -0 "$pid" 2>/dev/null || ! live_pid >/dev/null; then
             print_tail
             rm -f "$PID_FILE"
@@ -262,7 +284,7 @@ wait_ready() {
 cmd_start() {
     local pid
     if pid="$(live_pid)"; then
-        wait_ready "$pid" 0
+        wait_ready "$pid"
         say "already running (pid $pid) on $CONNECT_HOST:$PORT"
         return 0
     fi
@@ -275,8 +297,9 @@ cmd_start() {
     write_properties
     format_once
 
-    local started=$SECONDS log_offset=0
-    [[ -f "$SERVER_LOG" ]] && log_offset="$(stat -c %s "$SERVER_LOG")"
+    local started=$SECONDS
+    [[ -f "$SERVER_LOG" ]] && SERVER_LOG_OFFSET="$(stat -c %s "$SERVER_LOG")"
+    [[ -f "$CONSOLE_LOG" ]] && CONSOLE_LOG_OFFSET="$(stat -c %s "$CONSOLE_LOG")"
     echo "=== kafka.sh start $(date -Is) ===" >>"$CONSOLE_LOG"
     # In its own session so a Ctrl-C in the terminal that ran `make up` does not reach it.
     # shellcheck disable=SC2086  # KAFKA_HEAP_OPTS is a list of JVM options.
@@ -287,10 +310,10 @@ cmd_start() {
             -cp "$JARS/*" -Dlog4j2.configurationFile="$LOG4J_CONFIG" \
             -Dkafka.logs.dir="$LOG_DIR" \
             kafka.Kafka "$PROPS"
-    ) </dev/null >>"$CONSOLE_LOG" 2>&1 &
+    ) </dev/null >>"$CONSOLE_LOG" 2>&1 9>&- &
     pid=$!
     echo "$pid" >"$PID_FILE"
-    wait_ready "$pid" "$log_offset"
+    wait_ready "$pid"
     say "ready (pid $pid) on $CONNECT_HOST:$PORT in $((SECONDS - started))s (probe: $PROBE)"
 }
 
@@ -349,6 +372,15 @@ cmd_reset() {
     say "data deleted; the next start formats a fresh cluster"
 }
 
+# Serialises concurrent callers (parallel test workers, `make up` twice) on this STEPBUS_HOME.
+lock() {
+    mkdir -p "$RUN_DIR"
+    command -v flock >/dev/null 2>&1 || return 0
+    exec 9>"$RUN_DIR/kafka.lock"
+    flock -w 180 9 || die "another kafka.sh holds $RUN_DIR/kafka.lock"
+}
+
+[[ "${1:-}" == "status" ]] || lock
 case "${1:-}" in
     fetch) cmd_fetch ;;
     start) cmd_start ;;

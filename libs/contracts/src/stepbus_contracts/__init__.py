@@ -10,9 +10,17 @@ from .catalog import (
     results_adapter,
     tasks_adapter,
     tool_calls_adapter,
+    tool_catalog_adapter,
 )
 from .envelope import DEFAULT_SOURCE, DEFAULT_TENANT, CloudEvent, EventData, derive_id, utcnow
-from .planning import LlmDecided, LlmDecidedData, PlannedToolCall, TaskAccepted, TaskAcceptedData, TokenUsage
+from .planning import (
+    LlmDecided,
+    LlmDecidedData,
+    PlannedToolCall,
+    TaskAccepted,
+    TaskAcceptedData,
+    TokenUsage,
+)
 from .results import (
     FailureReason,
     TaskCancelled,
@@ -32,9 +40,11 @@ from .tools import (
     ToolCallFailedData,
     ToolCallRequested,
     ToolCallRequestedData,
+    ToolRegistered,
+    ToolRegisteredData,
     idempotency_key,
 )
-from .topics import DEFAULT_PREFIX, TopicSpec, Topics
+from .topics import DEFAULT_PREFIX, Topics, TopicSpec
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -72,6 +82,8 @@ __all__ = [
     "ToolCallRequested",
     "ToolCallRequestedData",
     "ToolCommand",
+    "ToolRegistered",
+    "ToolRegisteredData",
     "TopicSpec",
     "Topics",
     "derive_id",
@@ -80,5 +92,6 @@ __all__ = [
     "results_adapter",
     "tasks_adapter",
     "tool_calls_adapter",
+    "tool_catalog_adapter",
     "utcnow",
 ]

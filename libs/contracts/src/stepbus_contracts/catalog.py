@@ -9,7 +9,7 @@ from pydantic import Field, TypeAdapter
 from .planning import LlmDecided, TaskAccepted
 from .results import TaskCancelled, TaskCompleted, TaskFailed, TaskProgress
 from .tasks import TaskCancelRequested, TaskSubmitted
-from .tools import ToolCallCompleted, ToolCallFailed, ToolCallRequested
+from .tools import ToolCallCompleted, ToolCallFailed, ToolCallRequested, ToolRegistered
 
 __all__ = [
     "HistoryEvent",
@@ -21,6 +21,7 @@ __all__ = [
     "results_adapter",
     "tasks_adapter",
     "tool_calls_adapter",
+    "tool_catalog_adapter",
 ]
 
 TaskInputEvent = Annotated[TaskSubmitted | TaskCancelRequested, Field(discriminator="type")]
@@ -63,3 +64,4 @@ tool_calls_adapter: TypeAdapter[ToolCallRequested] = TypeAdapter(ToolCommand)
 results_adapter: TypeAdapter[TaskProgress | TaskCompleted | TaskFailed | TaskCancelled] = (
     TypeAdapter(ResultEvent)
 )
+tool_catalog_adapter: TypeAdapter[ToolRegistered] = TypeAdapter(ToolRegistered)

@@ -15,6 +15,8 @@ __all__ = [
     "ToolCallFailedData",
     "ToolCallRequested",
     "ToolCallRequestedData",
+    "ToolRegistered",
+    "ToolRegisteredData",
     "idempotency_key",
 ]
 
@@ -72,7 +74,8 @@ class ToolCallFailedData(_ToolCallRef):
     error: str = Field(description="What went wrong, phrased for the model.")
     error_type: str = Field(
         default="tool_error",
-        description="`invalid_arguments`, `unknown_tool`, `denied`, `timeout` or `tool_error`.",
+        description="`invalid_arguments`, `unknown_tool`, `denied`, `timeout`, `unavailable` or "
+        "`tool_error`.",
     )
     attempts: int = Field(default=1, ge=1, description="How many times the call was tried.")
 
@@ -82,3 +85,19 @@ class ToolCallFailed(CloudEvent):
 
     type: Literal["stepbus.tool.call_failed"] = "stepbus.tool.call_failed"
     data: ToolCallFailedData = Field(description="The failure.")
+
+
+class ToolRegisteredData(EventData):
+    """A tool the executor can run, described for the model (OpenAI function-tool shape)."""
+
+    name: str = Field(description="Tool name, unique in the deployment.")
+    description: str = Field(description="What the tool does, shown to the model.")
+    parameters: dict[str, Any] = Field(description="JSON Schema of the arguments object.")
+    source: str = Field(default="builtin", description="`builtin` or `mcp:<server>`.")
+
+
+class ToolRegistered(CloudEvent):
+    """The tool catalog entry named by ``subject`` (compacted topic, key = tool name)."""
+
+    type: Literal["stepbus.tool.registered"] = "stepbus.tool.registered"
+    data: ToolRegisteredData = Field(description="The tool.")

@@ -42,6 +42,12 @@ _SPECS: tuple[TopicSpec, ...] = (
         configs={"retention.ms": str(7 * _DAY_MS)},
     ),
     TopicSpec(
+        "tool.catalog",
+        "The tools the executors offer, one record per tool (key = tool name), compacted.",
+        partitions=1,
+        configs={"cleanup.policy": "compact"},
+    ),
+    TopicSpec(
         "results",
         "Public output: progress and exactly one terminal event per task (CloudEvents).",
         configs={"retention.ms": str(7 * _DAY_MS)},
@@ -79,6 +85,11 @@ class Topics:
     def tool_calls(self) -> str:
         """Commands to the tool-executor."""
         return self.name("tool.calls")
+
+    @property
+    def tool_catalog(self) -> str:
+        """The compacted tool catalog."""
+        return self.name("tool.catalog")
 
     @property
     def results(self) -> str:

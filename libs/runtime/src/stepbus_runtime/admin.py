@@ -15,13 +15,17 @@ log = logging.getLogger(__name__)
 
 
 async def ensure_topics(
-    bootstrap_servers: str, topics: Topics, *, replication_factor: int = 1, timeout: float = 60.0
+    bootstrap_servers: str,
+    topics: Topics,
+    *,
+    replication_factor: int = 1,
+    wait_seconds: float = 60.0,
 ) -> None:
     """Create every topic of the catalog that does not exist yet; existing ones are kept.
 
-    Retries while the broker is unreachable, up to ``timeout`` seconds.
+    Retries while the broker is unreachable, up to ``wait_seconds``.
     """
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + wait_seconds
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
         try:

@@ -30,7 +30,8 @@ async def serve_health(host: str, port: int, ready: Callable[[], bool]) -> async
                 body = b"ready\n" if ok else b"starting\n"
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
             )
             await writer.drain()
         except (TimeoutError, ConnectionError, IndexError):

@@ -50,6 +50,12 @@ class RecordContext:
     offset: int
     key: str | None
     attempt: int
+    max_attempts: int
+
+    @property
+    def last_attempt(self) -> bool:
+        """True when failing now sends the record to the DLQ: report the failure instead."""
+        return self.attempt >= self.max_attempts
 
 
 Handler = Callable[[Any, RecordContext], Awaitable[Sequence[Emit]]]
@@ -218,7 +224,9 @@ class Processor:
     ) -> Sequence[Emit]:
         key = record.key.decode(errors="replace") if record.key else None
         for attempt in range(1, self._max_attempts + 1):
-            context = RecordContext(record.topic, record.partition, record.offset, key, attempt)
+            context = RecordContext(
+                record.topic, record.partition, record.offset, key, attempt, self._max_attempts
+            )
             try:
                 return await route.handler(event, context)
             except PermanentError:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 
 from .admin import ensure_topics
 from .health import serve_health
@@ -23,23 +24,38 @@ async def run_worker(
     publisher: EventPublisher,
     processor: Processor,
     metrics_port: int,
+    on_started: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT: finished work is committed, unfinished work left for others."""
+    """Run until SIGTERM/SIGINT: finished work is committed, unfinished work left for others.
+
+    Args:
+        settings: Kafka and topic settings.
+        publisher: Not yet started; started and stopped here.
+        processor: The service's processor.
+        metrics_port: Port of ``/metrics``, ``/healthz`` and ``/readyz``.
+        on_started: Awaited once the publisher is connected, before consuming starts.
+    """
     await ensure_topics(
         settings.kafka_bootstrap_servers,
         settings.topics,
         replication_factor=settings.topic_replication_factor,
     )
     await publisher.start()
-    server = await serve_health(settings.metrics_host, metrics_port, lambda: processor.ready)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, processor.stop)
-    log.info("%s started; metrics on %s:%d", processor.name, settings.metrics_host, metrics_port)
+    server: asyncio.Server | None = None
     try:
+        if on_started is not None:
+            await on_started()
+        server = await serve_health(settings.metrics_host, metrics_port, lambda: processor.ready)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, processor.stop)
+        log.info(
+            "%s started; metrics on %s:%d", processor.name, settings.metrics_host, metrics_port
+        )
         await processor.run()
     finally:
-        server.close()
+        if server is not None:
+            server.close()
         with contextlib.suppress(Exception):
             await publisher.stop()
         log.info("%s stopped", processor.name)

@@ -1,1 +1,6 @@
-"""stepbus gateway: HTTP in, Kafka out, progress over SSE."""
+"""stepbus gateway: accepts tasks over HTTP, publishes them, streams their progress over SSE."""
+
+from .app import create_app
+from .settings import GatewaySettings
+
+__all__ = ["GatewaySettings", "create_app"]

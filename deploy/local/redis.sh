@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# A local Redis for development and the tests: Debian's redis-server in the background, no
+# persistence (Redis is a cache in stepbus), no Docker.
+#
+# Usage: deploy/local/redis.sh start|stop|kill9|status
+#
+# Environment:
+#   STEPBUS_HOME         state directory (default: <repo>/.stepbus)
+#   REDIS_URL            redis://[:password@]host[:port][/db] (default redis://127.0.0.1:6379/0);
+#                        a password becomes --requirepass
+#   REDIS_START_TIMEOUT  seconds to wait for PONG (default 20)
+#   REDIS_STOP_TIMEOUT   seconds to wait after SIGTERM before SIGKILL (default 20)
+#
+# When another Redis (for example the system service that `apt-get install redis-server`
+# starts) already answers on that address, `start` uses it and says so; `stop` leaves it alone
+# and `kill9` fails, so a chaos test cannot silently miss its target.
+# `status` exits 0 when a Redis answers (ours or external) and 3 when none does.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+
+STEPBUS_HOME="${STEPBUS_HOME:-$REPO/.stepbus}"
+DATA_DIR="$STEPBUS_HOME/redis"
+LOG_DIR="$STEPBUS_HOME/logs"
+LOG_FILE="$LOG_DIR/redis.log"
+RUN_DIR="$STEPBUS_HOME/run"
+PID_FILE="$RUN_DIR/redis.pid"
+
+URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
+
+die() {
+    echo "stepbus: $*" >&2
+    exit 1
+}
+
+say() {
+    echo "redis: $*"
+}
+
+[[ "$URL" == redis://* ]] \
+    || die "REDIS_URL must look like redis://[:password@]host:port/db for the local Redis (got '$URL')"
+REST="${URL#redis://}"
+PASSWORD=""
+if [[ "$REST" == *@* ]]; then
+    AUTH="${REST%%@*}"
+    REST="${REST#*@}"
+    [[ "$AUTH" == *:* ]] && PASSWORD="${AUTH#*:}"
+fi
+HOSTPORT="${REST%%/*}"
+HOSTPORT="${HOSTPORT%%\?*}"
+if [[ "$HOSTPORT" == *:* ]]; then
+    HOST="${HOSTPORT%:*}"
+    PORT="${HOSTPORT##*:}"
+else
+    HOST="$HOSTPORT"
+    PORT=6379
+fi
+HOST="${HOST:-127.0.0.1}"
+CONNECT_HOST="$HOST"
+[[ "$HOST" == "0.0.0.0" ]] && CONNECT_HOST="127.0.0.1"
+
+require_redis() {
+    command -v redis-server >/dev/null 2>&1 \
+        || die "redis-server is required: apt-get install -y redis-server"
+}
+
+# Prints the pid when the pid file names a live redis-server; fails otherwise.
+live_pid() {
+    [[ -f "$PID_FILE" ]] || return 1
+    local pid
+    pid="$(cat "$PID_FILE")"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    # A zombie or a reused pid has a different (or empty) command line.
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'redis-server' || return 1
+    echo "$pid"
+}
+
+port_open() {
+    timeout 2 bash -c "exec 3<>/dev/tcp/$CONNECT_HOST/$PORT" 2>/dev/null
+}
+
+# True when a Redis at the configured address answers PING (with the URL's password).
+pong() {
+    if command -v redis-cli >/dev/null 2>&1; then
+        local auth=()
+        [[ -n "$PASSWORD" ]] && auth=(--no-auth-warning -a "$PASSWORD")
+        [[ "$(timeout 3 redis-cli -h "$CONNECT_HOST" -p "$PORT" "${auth[@]}" ping 2>/dev/null)" == "PONG" ]]
+    else
+        # RESP by hand: the inline commands AUTH and PING, reading the last reply line.
+        timeout 3 bash -c '
+            exec 3<>"/dev/tcp/$1/$2" || exit 1
+            [[ -n "$3" ]] && printf "AUTH %s\r\n" "$3" >&3 && read -r _ <&3
+            printf "PING\r\n" >&3
+            read -r reply <&3
+            [[ "$reply" == "+PONG"* ]]
+        ' _ "$CONNECT_HOST" "$PORT" "$PASSWORD" 2>/dev/null
+    fi
+}
+
+print_tail() {
+    local offset="$1" lines
+    [[ -s "$LOG_FILE" ]] || return 0
+    lines="$(tail -c "+$((offset + 1))" "$LOG_FILE" | tail -n 30)"
+    [[ -n "$lines" ]] || return 0
+    echo "--- last 30 lines of $LOG_FILE ---" >&2
+    echo "$lines" >&2
+}
+
+cmd_start() {
+    local pid
+    if pid="$(live_pid)"; then
+        say "already running (pid $pid) on $CONNECT_HOST:$PORT"
+        return 0
+    fi
+    rm -f "$PID_FILE"
+    if port_open; then
+        if pong; then
+            say "an external Redis already answers on $CONNECT_HOST:$PORT; using it (not managed by stepbus: stop and kill9 leave it alone)"
+            return 0
+        fi
+        die "something that is not Redis (or rejects the password in REDIS_URL) listens on $CONNECT_HOST:$PORT; stop it or set REDIS_URL"
+    fi
+    require_redis
+    mkdir -p "$DATA_DIR" "$LOG_DIR" "$RUN_DIR"
+
+    local started=$SECONDS offset=0
+    [[ -f "$LOG_FILE" ]] && offset="$(stat -c %s "$LOG_FILE")"
+    echo "=== redis.sh start $(date -Is) ===" >>"$LOG_FILE"
+    local args=(--bind "$HOST" --port "$PORT" --save '' --appendonly no
+        --dir "$DATA_DIR" --daemonize no --logfile '')
+    [[ -n "$PASSWORD" ]] && args+=(--requirepass "$PASSWORD")
+    # In its own session so a Ctrl-C in the terminal that ran `make up` does not reach it.
+    (exec setsid redis-server "${args[@]}") </dev/null >>"$LOG_FILE" 2>&1 9>&- &
+    pid=$!
+    echo "$pid" >"$PID_FILE"
+
+    local timeout="${REDIS_START_TIMEOUT:-20}"
+    local deadline=$((SECONDS + timeout))
+    until pong; do
+        if ! live_pid >/dev/null; then
+            print_tail "$offset"
+            rm -f "$PID_FILE"
+            die "redis-server exited during startup (log above)"
+        fi
+        if ((SECONDS >= deadline)); then
+            print_tail "$offset"
+            die "Redis did not answer PING on $CONNECT_HOST:$PORT after ${timeout}s (pid $pid still running; 'deploy/local/redis.sh stop' to stop it)"
+        fi
+        sleep 0.1
+    done
+    say "ready (pid $pid) on $CONNECT_HOST:$PORT in $((SECONDS - started))s"
+}
+
+wait_gone() {
+    local pid="$1" seconds="$2"
+    local deadline=$((SECONDS + seconds))
+    while live_pid >/dev/null && kill -0 "$pid" 2>/dev/null; do
+        ((SECONDS >= deadline)) && return 1
+        sleep 0.1
+    done
+}
+
+cmd_stop() {
+    local pid
+    if ! pid="$(live_pid)"; then
+        rm -f "$PID_FILE"
+        say "not running (stepbus-managed)"
+        return 0
+    fi
+    kill -TERM "$pid" 2>/dev/null || true
+    if ! wait_gone "$pid" "${REDIS_STOP_TIMEOUT:-20}"; then
+        say "pid $pid ignored SIGTERM for ${REDIS_STOP_TIMEOUT:-20}s; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        wait_gone "$pid" 5 || die "pid $pid survived SIGKILL"
+    fi
+    rm -f "$PID_FILE"
+    say "stopped (pid $pid)"
+}
+
+cmd_kill9() {
+    local pid
+    if ! pid="$(live_pid)"; then
+        rm -f "$PID_FILE"
+        if port_open; then
+            die "the Redis on $CONNECT_HOST:$PORT was not started by stepbus; refusing to kill it"
+        fi
+        say "not running"
+        return 0
+    fi
+    kill -KILL "$pid" 2>/dev/null || true
+    wait_gone "$pid" 5 || die "pid $pid survived SIGKILL"
+    rm -f "$PID_FILE"
+    say "killed (pid $pid, SIGKILL)"
+}
+
+cmd_status() {
+    local pid
+    if pid="$(live_pid)"; then
+        say "running (pid $pid) on $CONNECT_HOST:$PORT"
+        return 0
+    fi
+    if port_open && pong; then
+        say "an external Redis answers on $CONNECT_HOST:$PORT (not managed by stepbus)"
+        return 0
+    fi
+    say "stopped"
+    return 3
+}
+
+# Serialises concurrent callers (parallel test workers, `make up` twice) on this STEPBUS_HOME.
+lock() {
+    mkdir -p "$RUN_DIR"
+    command -v flock >/dev/null 2>&1 || return 0
+    exec 9>"$RUN_DIR/redis.lock"
+    flock -w 60 9 || die "another redis.sh holds $RUN_DIR/redis.lock"
+}
+
+[[ "${1:-}" == "status" ]] || lock
+case "${1:-}" in
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    kill9) cmd_kill9 ;;
+    status) cmd_status ;;
+    *)
+        echo "usage: $0 start|stop|kill9|status" >&2
+        exit 2
+        ;;
+esac

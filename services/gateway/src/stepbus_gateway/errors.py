@@ -1,0 +1,33 @@
+"""Errors of the gateway; an ``ApiError`` becomes the HTTP response it describes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ApiError", "GatewayError"]
+
+
+class GatewayError(Exception):
+    """Root of every error raised by the gateway."""
+
+
+class ApiError(GatewayError):
+    """A request the gateway answers with ``status`` and ``{"error": {"message", "details"}}``.
+
+    4xx: the caller must change the request; 503: the caller may retry the same request later.
+    """
+
+    def __init__(
+        self, status: int, message: str, details: list[dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        """The JSON error body."""
+        error: dict[str, Any] = {"message": self.message}
+        if self.details is not None:
+            error["details"] = self.details
+        return {"error": error}

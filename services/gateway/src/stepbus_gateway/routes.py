@@ -1,0 +1,274 @@
+"""HTTP handlers: submit, inspect, stream and cancel tasks; health, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+from urllib.parse import quote
+from uuid import uuid4
+
+from aiokafka.errors import KafkaError
+from opentelemetry import propagate, trace
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+from stepbus_contracts import (
+    CloudEvent,
+    TaskCancelRequested,
+    TaskCancelRequestedData,
+    TaskSubmitted,
+    TaskSubmittedData,
+    derive_id,
+)
+from stepbus_runtime import Emit, EventPublisher
+
+from .errors import ApiError
+from .feed import ResultsFeed, Subscribers
+from .projection import TaskProjection
+from .settings import TENANT_PATTERN, GatewaySettings
+from .sse import task_event_stream
+
+__all__ = ["EXCEPTION_HANDLERS", "SOURCE", "TENANT_HEADER", "Services", "routes"]
+
+SOURCE = "urn:stepbus:gateway"
+TENANT_HEADER = "X-Stepbus-Tenant"
+
+_TENANT = re.compile(TENANT_PATTERN)
+_tracer = trace.get_tracer("stepbus.gateway")
+
+TaskId = Annotated[str, *CloudEvent.model_fields["subject"].metadata]
+_M = TypeVar("_M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the handlers use, built by the app's lifespan."""
+
+    settings: GatewaySettings
+    publisher: EventPublisher
+    projection: TaskProjection
+    subscribers: Subscribers
+    feed: ResultsFeed
+
+
+class SubmitTaskRequest(TaskSubmittedData):
+    """Body of ``POST /v1/tasks``: the task, and optionally its id."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task_id: TaskId = Field(
+        default_factory=lambda: str(uuid4()), description="Task id; a new UUID when omitted."
+    )
+
+
+class CancelTaskRequest(BaseModel):
+    """Body of ``POST /v1/tasks/{id}/cancel`` (optional)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    reason: str = Field(default="", max_length=2_000, description="Why, for the audit trail.")
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.state.services
+    return services
+
+
+def _tenant(request: Request) -> str:
+    tenant = request.headers.get(TENANT_HEADER)
+    if tenant is None:
+        return _services(request).settings.default_tenant
+    if not _TENANT.fullmatch(tenant):
+        raise ApiError(
+            400, f"{TENANT_HEADER} must be 1-128 characters of A-Z, a-z, 0-9, '.', '_' or '-'"
+        )
+    return tenant
+
+
+def _parse(model: type[_M], body: bytes) -> _M:
+    try:
+        return model.model_validate_json(body or b"{}")
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        if any(err["type"] == "json_invalid" for err in errors):
+            message = "request body is not valid JSON"
+        else:
+            message = f"request body is invalid ({len(errors)} problem(s); see details)"
+        details = [
+            {
+                "field": ".".join(str(part) for part in err["loc"]) or None,
+                "message": err["msg"],
+                "type": err["type"],
+            }
+            for err in errors
+        ]
+        raise ApiError(422, message, details) from None
+
+
+async def _publish(services: Services, event: CloudEvent) -> None:
+    try:
+        await asyncio.wait_for(
+            services.publisher.publish([Emit(services.settings.topics.tasks, event)]),
+            services.settings.publish_timeout_seconds,
+        )
+    except (KafkaError, TimeoutError) as exc:
+        raise ApiError(
+            503, f"Kafka did not acknowledge the request ({type(exc).__name__}); retry later"
+        ) from exc
+
+
+def _urls(task_id: str) -> tuple[str, str]:
+    path = f"/v1/tasks/{quote(task_id, safe='')}"
+    return path, f"{path}/events"
+
+
+async def submit_task(request: Request) -> Response:
+    """Accept a task: record it as submitted, publish ``TaskSubmitted``, answer 202."""
+    services = _services(request)
+    tenant = _tenant(request)
+    body = _parse(SubmitTaskRequest, await request.body())
+    task_id = body.task_id
+    if not await services.projection.create(tenant, task_id):
+        raise ApiError(409, f"task {task_id!r} already exists; submit with another task_id")
+    event = TaskSubmitted(
+        # Derived from the task, so a retried submit is a duplicate the planner drops.
+        id=derive_id(f"{tenant}/{task_id}", "submitted"),
+        source=SOURCE,
+        subject=task_id,
+        tenant=tenant,
+        data=TaskSubmittedData.model_validate(body.model_dump(exclude={"task_id"})),
+    )
+    with _tracer.start_as_current_span(
+        "submit task",
+        context=propagate.extract(request.headers),
+        kind=trace.SpanKind.PRODUCER,
+        attributes={"stepbus.task_id": task_id, "stepbus.tenant": tenant},
+    ):
+        try:
+            await _publish(services, event)
+        except ApiError:
+            await services.projection.discard(tenant, task_id)
+            raise
+    status_url, events_url = _urls(task_id)
+    return JSONResponse(
+        {
+            "task_id": task_id,
+            "status": "submitted",
+            "status_url": status_url,
+            "events_url": events_url,
+        },
+        status_code=202,
+        headers={"Location": status_url},
+    )
+
+
+async def get_task(request: Request) -> Response:
+    """The task's status and result."""
+    services = _services(request)
+    task_id = request.path_params["task_id"]
+    view = await services.projection.get(_tenant(request), task_id)
+    if view is None:
+        raise ApiError(404, f"no task {task_id!r}")
+    return JSONResponse(view.to_json())
+
+
+async def stream_task_events(request: Request) -> Response:
+    """The task's events as SSE: stored ones, then live ones, closing after the terminal one."""
+    services = _services(request)
+    tenant = _tenant(request)
+    task_id = request.path_params["task_id"]
+    if await services.projection.get(tenant, task_id) is None:
+        raise ApiError(404, f"no task {task_id!r}")
+    stream = task_event_stream(
+        request=request,
+        projection=services.projection,
+        subscribers=services.subscribers,
+        tenant=tenant,
+        task_id=task_id,
+        last_event_id=request.headers.get("Last-Event-ID"),
+        heartbeat_seconds=services.settings.sse_heartbeat_seconds,
+    )
+    return StreamingResponse(
+        stream,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def cancel_task(request: Request) -> Response:
+    """Ask the planner to stop the task; it ends with ``stepbus.task.cancelled``."""
+    services = _services(request)
+    tenant = _tenant(request)
+    task_id = request.path_params["task_id"]
+    body = _parse(CancelTaskRequest, await request.body())
+    view = await services.projection.get(tenant, task_id)
+    if view is None:
+        raise ApiError(404, f"no task {task_id!r}")
+    if view.terminal:
+        raise ApiError(409, f"task {task_id!r} has already ended ({view.status})")
+    event = TaskCancelRequested(
+        source=SOURCE,
+        subject=task_id,
+        tenant=tenant,
+        data=TaskCancelRequestedData(reason=body.reason),
+    )
+    await _publish(services, event)
+    status_url, _ = _urls(task_id)
+    return JSONResponse(
+        {"task_id": task_id, "status": view.status, "cancel_requested": True},
+        status_code=202,
+        headers={"Location": status_url},
+    )
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness: the process serves HTTP."""
+    return PlainTextResponse("ok\n")
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: the results feed owns its partitions and Redis answers."""
+    services = _services(request)
+    if services.feed.ready and await services.projection.ping():
+        return PlainTextResponse("ready\n")
+    return PlainTextResponse("starting\n", status_code=503)
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def api_error(request: Request, exc: Exception) -> Response:
+    """Render an ``ApiError``."""
+    assert isinstance(exc, ApiError)
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def redis_error(request: Request, exc: Exception) -> Response:
+    """Redis is down: the caller may retry later."""
+    body: dict[str, Any] = {
+        "error": {"message": f"the task store is unavailable ({type(exc).__name__}); retry later"}
+    }
+    return JSONResponse(body, status_code=503)
+
+
+def routes() -> list[Route]:
+    """The gateway's routes. Task ids may contain '/', hence the ``path`` converters."""
+    return [
+        Route("/v1/tasks", submit_task, methods=["POST"]),
+        Route("/v1/tasks/{task_id:path}/events", stream_task_events, methods=["GET"]),
+        Route("/v1/tasks/{task_id:path}/cancel", cancel_task, methods=["POST"]),
+        Route("/v1/tasks/{task_id:path}", get_task, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+
+
+EXCEPTION_HANDLERS = {ApiError: api_error, RedisError: redis_error}

@@ -1,0 +1,63 @@
+"""Gateway settings: the shared Kafka settings plus HTTP, Redis and stream options."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+from stepbus_runtime import ServiceSettings
+
+__all__ = ["GatewaySettings"]
+
+TENANT_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+
+
+def _default_instance_id(data: dict[str, Any]) -> str:
+    return f"{socket.gethostname()}-{data.get('port', 8080)}"
+
+
+class GatewaySettings(ServiceSettings):
+    """Read from ``STEPBUS_GATEWAY_*`` (plus ``KAFKA_BOOTSTRAP_SERVERS``, ``REDIS_URL``)."""
+
+    # validate_by_name: the base class reads some fields through env aliases only, which would
+    # otherwise make `GatewaySettings(topic_prefix=...)` silently ignore the keyword.
+    model_config = SettingsConfigDict(
+        env_prefix="STEPBUS_GATEWAY_", extra="ignore", validate_by_name=True
+    )
+
+    host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port the HTTP server binds.")
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "STEPBUS_GATEWAY_REDIS_URL"),
+        description="Redis holding the task projection (a cache: rebuilt from `results`).",
+    )
+    default_tenant: str = Field(
+        default="default",
+        pattern=TENANT_PATTERN,
+        description="Tenant of requests without an `X-Stepbus-Tenant` header.",
+    )
+    sse_heartbeat_seconds: float = Field(
+        default=15.0, gt=0, description="Seconds between `: keep-alive` comments on SSE streams."
+    )
+    projection_ttl_seconds: int = Field(
+        default=7 * 24 * 3600, ge=1, description="How long a task's projection is kept in Redis."
+    )
+    instance_id: str = Field(
+        default_factory=_default_instance_id,
+        min_length=1,
+        description="Names this replica's results consumer group; defaults to hostname-port.",
+    )
+    publish_timeout_seconds: float = Field(
+        default=15.0, gt=0, description="Longest wait for the broker to acknowledge a request."
+    )
+    shutdown_timeout_seconds: int = Field(
+        default=10, ge=0, description="Grace period for open streams on shutdown."
+    )
+
+    @property
+    def feed_group_id(self) -> str:
+        """Consumer group of the results feed: one per replica, so each sees every event."""
+        return f"{self.topic_prefix}gateway-{self.instance_id}"

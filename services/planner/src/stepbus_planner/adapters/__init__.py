@@ -1,0 +1,1 @@
+"""Adapters from the planner's ports to real systems."""

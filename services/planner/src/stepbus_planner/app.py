@@ -1,0 +1,59 @@
+"""Wiring of the planner: LLM client, tool catalog, state store, processor."""
+
+from __future__ import annotations
+
+import openai
+from stepbus_contracts import history_adapter, tasks_adapter, utcnow
+from stepbus_runtime import EventPublisher, Processor, Route, run_worker, setup_telemetry
+
+from .adapters.openai_chat import OpenAIChatModel
+from .catalog import ToolCatalog
+from .handlers import PlannerHandlers
+from .settings import PlannerSettings
+from .store import MemoryStateStore
+
+__all__ = ["main"]
+
+
+async def main(settings: PlannerSettings | None = None) -> None:
+    """Run the planner until SIGTERM."""
+    settings = settings or PlannerSettings()
+    setup_telemetry("planner")
+    topics = settings.topics
+    client = openai.AsyncOpenAI(
+        base_url=settings.openai_base_url,
+        api_key=settings.openai_api_key.get_secret_value() or "unset",
+        timeout=settings.llm_timeout_seconds,
+        max_retries=settings.llm_max_retries,
+    )
+    catalog = ToolCatalog(settings.kafka_bootstrap_servers, topics.tool_catalog)
+    handlers = PlannerHandlers(
+        model=OpenAIChatModel(client, settings.model),
+        store=MemoryStateStore(),
+        catalog=catalog,
+        topics=topics,
+        max_attempts=settings.max_attempts,
+        tool_timeout_seconds=settings.tool_timeout_seconds,
+        clock=utcnow,
+        system_prompt=settings.system_prompt,
+    )
+    publisher = EventPublisher(settings.kafka_bootstrap_servers, "stepbus-planner")
+    processor = Processor(
+        name="planner",
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=f"{settings.topic_prefix}{settings.group_id}",
+        routes={
+            topics.tasks: Route(tasks_adapter, handlers.on_task),
+            topics.planner_history: Route(history_adapter, handlers.on_history),
+        },
+        publisher=publisher,
+        dlq_topic=topics.dlq,
+        max_in_flight=settings.max_in_flight,
+        max_attempts=settings.max_attempts,
+        group_instance_id=settings.group_instance_id,
+    )
+    try:
+        await run_worker(settings, publisher, processor, settings.metrics_port, catalog.start)
+    finally:
+        await catalog.stop()
+        await client.close()

@@ -1,0 +1,88 @@
+"""The tool catalog as the planner sees it: read from the compacted ``tool.catalog`` topic."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import ValidationError
+from stepbus_contracts import ToolRegisteredData, tool_catalog_adapter
+
+__all__ = ["ToolCatalog"]
+
+log = logging.getLogger(__name__)
+
+
+class ToolCatalog:
+    """Every registered tool, kept current by tailing the catalog topic."""
+
+    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+        self._bootstrap = bootstrap_servers
+        self._topic = topic
+        self._tools: dict[str, ToolRegisteredData] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def names(self) -> set[str]:
+        """Names of the registered tools."""
+        return set(self._tools)
+
+    def specs(self, names: list[str]) -> list[dict[str, Any]]:
+        """OpenAI function-tool definitions for the named (registered) tools."""
+        return [
+            {
+                "type": "function",
+                "function": {
+                    "name": tool.name,
+                    "description": tool.description,
+                    "parameters": tool.parameters,
+                },
+            }
+            for name in names
+            if (tool := self._tools.get(name)) is not None
+        ]
+
+    async def start(self) -> None:
+        """Read the catalog to its current end, then keep tailing it in the background."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        self._consumer = consumer
+        partitions = consumer.partitions_for_topic(self._topic) or {0}
+        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+            self._apply(await consumer.getmany(*tps, timeout_ms=200))
+        self._task = asyncio.create_task(self._tail(tps))
+        log.info("tool catalog loaded: %s", sorted(self._tools))
+
+    async def stop(self) -> None:
+        """Stop tailing."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _tail(self, tps: list[TopicPartition]) -> None:
+        assert self._consumer is not None
+        while True:
+            self._apply(await self._consumer.getmany(*tps, timeout_ms=1000))
+
+    def _apply(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        for records in batches.values():
+            for record in records:
+                if record.value is None:  # tombstone: tool removed
+                    self._tools.pop(record.key.decode(), None)
+                    continue
+                try:
+                    tool = tool_catalog_adapter.validate_json(record.value).data
+                except ValidationError as exc:
+                    log.warning("skipping invalid tool catalog record: %s", exc)
+                    continue
+                self._tools[tool.name] = tool

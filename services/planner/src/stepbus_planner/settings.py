@@ -1,0 +1,39 @@
+"""Planner settings (env prefix ``STEPBUS_PLANNER_``; the LLM by the standard OpenAI variables)."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+from stepbus_runtime import ServiceSettings
+
+__all__ = ["PlannerSettings"]
+
+
+class PlannerSettings(ServiceSettings):
+    """How the planner runs the ReAct loop."""
+
+    model_config = SettingsConfigDict(env_prefix="STEPBUS_PLANNER_", extra="ignore")
+
+    metrics_port: int = Field(default=9101, description="Port of /metrics and /readyz.")
+    group_id: str = Field(default="stepbus-planner", description="Consumer group.")
+    model: str = Field(
+        default="gpt-4o-mini",
+        validation_alias=AliasChoices("STEPBUS_MODEL", "STEPBUS_PLANNER_MODEL"),
+        description="Model name sent to the OpenAI-compatible endpoint.",
+    )
+    openai_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_BASE_URL"),
+        description="OpenAI-compatible endpoint; the OpenAI API when unset.",
+    )
+    openai_api_key: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=AliasChoices("OPENAI_API_KEY"),
+        description="API key for the endpoint.",
+    )
+    llm_timeout_seconds: float = Field(default=120.0, gt=0, description="Per-request timeout.")
+    llm_max_retries: int = Field(
+        default=3, ge=0, description="Client retries (429, 5xx, timeouts) with backoff."
+    )
+    tool_timeout_seconds: float = Field(default=30.0, gt=0, description="Per tool call.")
+    system_prompt: str | None = Field(default=None, description="Overrides the system prompt.")

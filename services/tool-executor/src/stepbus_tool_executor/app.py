@@ -1,0 +1,70 @@
+"""Wiring of the tool-executor: registry, ledger, processor; publishes the tool catalog."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from stepbus_contracts import ToolRegistered, ToolRegisteredData, tool_calls_adapter
+from stepbus_runtime import (
+    Emit,
+    EventPublisher,
+    Processor,
+    Route,
+    run_worker,
+    setup_telemetry,
+)
+
+from .handlers import ToolCallHandler
+from .ledger import RedisLedger
+from .registry import ToolRegistry, builtin_registry
+from .settings import ToolExecutorSettings
+
+__all__ = ["catalog_events", "main"]
+
+
+def catalog_events(registry: ToolRegistry, topic: str) -> list[Emit]:
+    """One ``stepbus.tool.registered`` per tool, keyed by tool name."""
+    return [
+        Emit(
+            topic,
+            ToolRegistered(
+                source="urn:stepbus:tool-executor",
+                subject=tool.name,
+                data=ToolRegisteredData(
+                    name=tool.name, description=tool.description, parameters=tool.parameters
+                ),
+            ),
+        )
+        for tool in registry.tools.values()
+    ]
+
+
+async def main(settings: ToolExecutorSettings | None = None) -> None:
+    """Run the tool-executor until SIGTERM."""
+    settings = settings or ToolExecutorSettings()
+    setup_telemetry("tool-executor")
+    topics = settings.topics
+    registry = builtin_registry()
+    redis = Redis.from_url(settings.redis_url)
+    ledger = RedisLedger(redis, settings.topic_prefix, settings.ledger_ttl_seconds)
+    publisher = EventPublisher(settings.kafka_bootstrap_servers, "stepbus-tool-executor")
+    processor = Processor(
+        name="tool-executor",
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=f"{settings.topic_prefix}{settings.group_id}",
+        routes={
+            topics.tool_calls: Route(tool_calls_adapter, ToolCallHandler(registry, ledger, topics))
+        },
+        publisher=publisher,
+        dlq_topic=topics.dlq,
+        max_in_flight=settings.max_in_flight,
+        max_attempts=settings.max_attempts,
+        group_instance_id=settings.group_instance_id,
+    )
+
+    async def announce() -> None:
+        await publisher.publish(catalog_events(registry, topics.tool_catalog))
+
+    try:
+        await run_worker(settings, publisher, processor, settings.metrics_port, on_started=announce)
+    finally:
+        await redis.aclose()

@@ -1,0 +1,110 @@
+"""Tool-call commands in, tool outcomes out (to the planner's history)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from redis.exceptions import RedisError
+from stepbus_contracts import (
+    CloudEvent,
+    ToolCallCompleted,
+    ToolCallCompletedData,
+    ToolCallFailed,
+    ToolCallFailedData,
+    ToolCallRequested,
+    Topics,
+    derive_id,
+)
+from stepbus_runtime import Emit, RecordContext
+
+from .ledger import RedisLedger
+from .registry import ToolInputError, ToolRegistry
+
+__all__ = ["ToolCallHandler"]
+
+_SOURCE = "urn:stepbus:tool-executor"
+
+
+class ToolCallHandler:
+    """Runs one tool call per command, at most once per idempotency key."""
+
+    def __init__(self, registry: ToolRegistry, ledger: RedisLedger, topics: Topics) -> None:
+        self._registry = registry
+        self._ledger = ledger
+        self._topics = topics
+
+    async def __call__(self, command: ToolCallRequested, context: RecordContext) -> Sequence[Emit]:
+        """Run the call (or replay its recorded outcome) and report it."""
+        call = command.data
+        try:
+            recorded = await self._ledger.recorded(call.idempotency_key)
+            if recorded is not None:
+                return [self._emit(command, recorded, replayed=True)]
+            outcome = await self._run(command)
+            await self._ledger.record(call.idempotency_key, outcome)
+            # The first recorded outcome wins, even if another delivery raced this one.
+            winner = await self._ledger.recorded(call.idempotency_key) or outcome
+        except RedisError as exc:
+            if not context.last_attempt:
+                raise  # the processor retries with backoff
+            # Give the planner (and the model) an answer rather than leave the task waiting.
+            failure = _failure(f"tool executor unavailable: {exc}", "unavailable")
+            return [self._emit(command, failure, replayed=False)]
+        return [self._emit(command, winner, replayed=winner != outcome)]
+
+    async def _run(self, command: ToolCallRequested) -> dict[str, object]:
+        call = command.data
+        tool = self._registry.get(call.name)
+        started = time.perf_counter()
+        if tool is None:
+            known = ", ".join(sorted(self._registry.tools)) or "none"
+            return _failure(f"unknown tool {call.name!r}; available: {known}", "unknown_tool")
+        try:
+            output = await asyncio.wait_for(
+                tool.run(call.arguments, call.idempotency_key), timeout=call.timeout_seconds
+            )
+        except ToolInputError as exc:
+            return _failure(str(exc), "invalid_arguments")
+        except TimeoutError:
+            return _failure(f"timed out after {call.timeout_seconds:g}s", "timeout")
+        return {"output": output, "duration_ms": (time.perf_counter() - started) * 1000}
+
+    def _emit(self, command: ToolCallRequested, outcome: dict[str, object], replayed: bool) -> Emit:
+        call = command.data
+        ref = {
+            "step": call.step,
+            "call_index": call.call_index,
+            "name": call.name,
+            "idempotency_key": call.idempotency_key,
+        }
+        event: CloudEvent
+        if "error" in outcome:
+            event = ToolCallFailed(
+                id=derive_id(command.id, "outcome"),
+                source=_SOURCE,
+                subject=command.subject,
+                tenant=command.tenant,
+                data=ToolCallFailedData(
+                    **ref, error=str(outcome["error"]), error_type=str(outcome["error_type"])
+                ),
+            )
+        else:
+            event = ToolCallCompleted(
+                id=derive_id(command.id, "outcome"),
+                source=_SOURCE,
+                subject=command.subject,
+                tenant=command.tenant,
+                data=ToolCallCompletedData(
+                    **ref,
+                    output=str(outcome["output"]),
+                    duration_ms=float(outcome.get("duration_ms", 0.0)),  # type: ignore[arg-type]
+                    replayed=replayed,
+                ),
+            )
+        return Emit(self._topics.planner_history, event)
+
+
+def _failure(error: str, error_type: str) -> dict[str, object]:
+    return {"error": error, "error_type": error_type}
