@@ -148,7 +148,7 @@ class TopicReader:
         await self._consumer.start()
         partitions = self._consumer.partitions_for_topic(self.topic)
         if not partitions:
-            partitions = await self._consumer._client._wait_on_metadata(self.topic)  # noqa: SLF001
+            partitions = await self._consumer._client._wait_on_metadata(self.topic)
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)

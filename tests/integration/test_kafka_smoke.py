@@ -43,7 +43,7 @@ async def test_idempotent_producer_round_trip(kafka_bootstrap: str) -> None:
         await producer.stop()
     assert [m.offset for m in metadata] == list(range(20))
     # The broker assigned a producer id: idempotence is really on, not silently ignored.
-    assert producer._txn_manager is not None and producer._txn_manager.producer_id >= 0  # noqa: SLF001
+    assert producer._txn_manager is not None and producer._txn_manager.producer_id >= 0
 
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"

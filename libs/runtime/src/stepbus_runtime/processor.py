@@ -145,6 +145,10 @@ class Processor:
         """Records started and not yet finished."""
         return self._in_flight
 
+    def committed_offsets(self) -> dict[TopicPartition, int]:
+        """The last offset committed for each assigned partition (-1: none yet)."""
+        return {tp: tracker.committed for tp, tracker in self._offsets.items()}
+
     async def run(self) -> None:
         """Consume until ``stop()``; then commit finished work and leave the group."""
         self._consumer.subscribe(list(self._routes), listener=_Rebalance(self))
