@@ -1,0 +1,79 @@
+"""The stepbus services as separate OS processes on the real broker, under a unique prefix."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from stepbus_contracts import Topics
+from stepbus_runtime import ensure_topics
+
+from ..harness import ServiceProcess, free_port, unique_prefix
+
+
+@dataclass
+class Stack:
+    """A running set of services and how to reach them."""
+
+    topics: Topics
+    bootstrap: str
+    services: dict[str, ServiceProcess]
+    gateway_url: str | None
+
+
+@pytest.fixture(scope="module")
+async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
+    """scripted model, tool-executor, planner and (when present) gateway, as processes."""
+    topics = Topics(unique_prefix())
+    await ensure_topics(kafka_bootstrap, topics)
+    llm_port = free_port()
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "REDIS_URL": redis_url,
+        "STEPBUS_TOPIC_PREFIX": topics.prefix,
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{llm_port}/v1",
+        "OPENAI_API_KEY": "scripted-test-double",
+        "STEPBUS_MODEL": "stepbus-scripted",
+    }
+    ports = {name: free_port() for name in ("tool-executor", "planner", "gateway")}
+    services = [
+        ServiceProcess(
+            "scripted-llm",
+            ["stepbus_devtools.scripted_llm", "--port", str(llm_port)],
+            env,
+            f"http://127.0.0.1:{llm_port}/v1/models",
+        ),
+        ServiceProcess(
+            "tool-executor",
+            ["stepbus_tool_executor"],
+            {**env, "STEPBUS_TOOL_EXECUTOR_METRICS_PORT": str(ports["tool-executor"])},
+            f"http://127.0.0.1:{ports['tool-executor']}/readyz",
+        ),
+        ServiceProcess(
+            "planner",
+            ["stepbus_planner"],
+            {**env, "STEPBUS_PLANNER_METRICS_PORT": str(ports["planner"])},
+            f"http://127.0.0.1:{ports['planner']}/readyz",
+        ),
+    ]
+    gateway_url = None
+    if importlib.util.find_spec("stepbus_gateway.app") is not None:
+        gateway_url = f"http://127.0.0.1:{ports['gateway']}"
+        services.append(
+            ServiceProcess(
+                "gateway",
+                ["stepbus_gateway"],
+                {**env, "STEPBUS_GATEWAY_PORT": str(ports["gateway"])},
+                f"{gateway_url}/readyz",
+            )
+        )
+    try:
+        for service in services:  # in order: the planner reads the catalog the executor wrote
+            service.start()
+            await service.wait_ready()
+        yield Stack(topics, kafka_bootstrap, {s.name: s for s in services}, gateway_url)
+    finally:
+        for service in reversed(services):
+            service.stop()

@@ -1,0 +1,138 @@
+"""End to end: tasks published by a plain Kafka client run through the real services."""
+
+from __future__ import annotations
+
+import json
+import asyncio
+import shutil
+import uuid
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from ..harness import TopicReader
+from .conftest import Stack
+
+pytestmark = pytest.mark.e2e
+
+TERMINAL = {"stepbus.task.completed", "stepbus.task.failed", "stepbus.task.cancelled"}
+
+
+def cloudevent(task_id: str, data: dict[str, Any], tenant: str = "acme") -> bytes:
+    """A task submission written by hand, exactly as the README shows it."""
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "type": "stepbus.task.submitted",
+            "source": "urn:example:billing",
+            "id": str(uuid.uuid4()),
+            "subject": task_id,
+            "time": "2026-11-25T12:00:00Z",
+            "datacontenttype": "application/json",
+            "tenant": tenant,
+            "data": data,
+        }
+    ).encode()
+
+
+async def publish_plain(bootstrap: str, topic: str, records: list[tuple[str, bytes]]) -> None:
+    """Publish with kcat (a plain Kafka client) when installed, else a bare aiokafka producer."""
+    kcat = shutil.which("kcat") or shutil.which("kafkacat")
+    if kcat:
+        for key, value in records:
+            process = await asyncio.create_subprocess_exec(
+                kcat, "-P", "-b", bootstrap, "-t", topic, "-k", key, stdin=asyncio.subprocess.PIPE
+            )
+            await asyncio.wait_for(process.communicate(value), 30)
+            assert process.returncode == 0, f"kcat failed with {process.returncode}"
+        return
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(topic, value, key=key.encode())
+    finally:
+        await producer.stop()
+
+
+def terminals(events: list[dict[str, Any]], task_id: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["subject"] == task_id and e["type"] in TERMINAL]
+
+
+async def run_task(stack: Stack, data: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """Submit one task; return its id and every results event once it ended (plus a margin)."""
+    task_id = f"task-{uuid.uuid4().hex[:8]}"
+    async with TopicReader(stack.bootstrap, stack.topics.results) as results:
+        await publish_plain(
+            stack.bootstrap, stack.topics.tasks, [(task_id, cloudevent(task_id, data))]
+        )
+        await results.wait_for(lambda ev: terminals(ev, task_id), 60, f"{task_id} to end")
+        return task_id, [e for e in results.events() if e["subject"] == task_id]
+
+
+async def test_cloudevent_from_plain_kafka_client_completes_exactly_once(stack: Stack) -> None:
+    task_id, events = await run_task(
+        stack, {"input": "What is 17 * 23?", "session_id": "s-1", "tools": ["calculator"]}
+    )
+    ends = terminals(events, task_id)
+    assert [e["type"] for e in ends] == ["stepbus.task.completed"]
+    assert ends[0]["data"]["output"] == "391"
+    assert ends[0]["tenant"] == "acme"
+    stages = [e["data"]["stage"] for e in events if e["type"] == "stepbus.task.progress"]
+    assert stages == ["accepted", "action", "observation"]
+
+
+async def test_multi_step_task_runs_one_tool_call_per_step(stack: Stack) -> None:
+    task_id, events = await run_task(
+        stack, {"input": "Compute 1+2, then (3*4)-5, then 2^10", "max_iterations": 8}
+    )
+    end = terminals(events, task_id)[0]
+    assert end["type"] == "stepbus.task.completed"
+    assert end["data"]["output"] == "Results: 3, 7, 1024"
+    assert end["data"]["steps"] == 4  # three tool steps and the final answer
+
+
+async def test_max_iterations_ends_a_looping_task_with_failed(stack: Stack) -> None:
+    task_id, events = await run_task(stack, {"input": "[loop] keep adding", "max_iterations": 3})
+    ends = terminals(events, task_id)
+    assert len(ends) == 1
+    assert ends[0]["type"] == "stepbus.task.failed"
+    assert ends[0]["data"]["reason"] == "max_iterations"
+    assert "3 steps" in ends[0]["data"]["message"]
+    assert ends[0]["data"]["steps"] == 3
+
+
+async def test_unknown_tool_fails_the_task_with_a_clear_reason(stack: Stack) -> None:
+    task_id, events = await run_task(stack, {"input": "What is 2+2?", "tools": ["shell"]})
+    end = terminals(events, task_id)[0]
+    assert end["type"] == "stepbus.task.failed"
+    assert end["data"]["reason"] == "invalid_task"
+    assert "shell" in end["data"]["message"] and "calculator" in end["data"]["message"]
+
+
+async def test_poison_records_on_tasks_go_to_dlq_and_the_next_task_completes(
+    stack: Stack,
+) -> None:
+    task_id = f"task-{uuid.uuid4().hex[:8]}"
+    async with (
+        TopicReader(stack.bootstrap, stack.topics.results) as results,
+        TopicReader(stack.bootstrap, stack.topics.dlq) as dlq,
+    ):
+        await publish_plain(
+            stack.bootstrap,
+            stack.topics.tasks,
+            [
+                ("poison-1", b"this is not json"),
+                ("poison-2", cloudevent("poison-2", {"input": ""})),  # schema-invalid: empty
+                (task_id, cloudevent(task_id, {"input": "What is 6 * 7?"})),
+            ],
+        )
+        await results.wait_for(lambda ev: terminals(ev, task_id), 60, "the valid task")
+        await dlq.wait_for(
+            lambda _: {b"poison-1", b"poison-2"} <= {r.key for r in dlq.records}, 30, "DLQ"
+        )
+    assert terminals(results.events(), task_id)[0]["data"]["output"] == "42"
+    reasons = {r.key: dict(r.headers)["stepbus.error"] for r in dlq.records}
+    assert b"invalid event" in reasons[b"poison-1"]
+    assert b"data.input" in reasons[b"poison-2"]
