@@ -176,10 +176,11 @@ def _completed(task_id: str, tenant: str = "acme", output: str = "391") -> TaskC
 async def test_submit_publishes_task_submitted(gateway: Gateway) -> None:
     task_id = _task_id()
     body = {"input": "What is 17 * 23?", "tools": ["calculator"], "max_iterations": 4}
+    trace_id = uuid.uuid4().hex
     response = await gateway.client.post(
         "/v1/tasks",
         json={**body, "task_id": task_id, "metadata": {"k": "v"}},
-        headers={TENANT: "acme"},
+        headers={TENANT: "acme", "traceparent": f"00-{trace_id}-b7ad6b7169203331-01"},
     )
 
     assert response.status_code == 202, response.text
@@ -206,7 +207,8 @@ async def test_submit_publishes_task_submitted(gateway: Gateway) -> None:
     assert event["data"]["max_iterations"] == 4
     assert event["data"]["metadata"] == {"k": "v"}
     assert record.key == task_id.encode()
-    assert "traceparent" in dict(record.headers)
+    # The trace the HTTP client started continues on the record.
+    assert dict(record.headers)["traceparent"].decode().split("-")[1] == trace_id
 
     status = await gateway.status(task_id)
     assert status["status"] == "submitted"

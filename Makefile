@@ -1,0 +1,57 @@
+# stepbus: the two commands are `make run` (whole stack + a demo task) and `make test`.
+SHELL := /bin/bash
+UV ?= uv
+PY := $(UV) run --frozen python
+PYTEST_ARGS ?=
+
+.PHONY: help setup deps jars up down status run test test-unit lint schemas bench chaos clean
+
+help:
+	@echo "make run      start the local stack (Kafka, Redis, services) and run a demo task"
+	@echo "make test     install what the tests need and run them (unit, integration, e2e)"
+	@echo "make up/down  start/stop the local stack;  make status"
+	@echo "make schemas  regenerate schemas/ from the event models"
+	@echo "make bench    orchestration overhead vs raw Kafka round trip"
+	@echo "make lint     ruff format --check, ruff check, mypy (strict on libs/)"
+
+setup: deps jars
+
+deps:
+	@command -v $(UV) >/dev/null || { echo "stepbus: uv is required: pip install uv"; exit 1; }
+	$(UV) sync --frozen
+
+jars:
+	bash deploy/local/kafka.sh fetch
+
+up: setup
+	$(PY) -m stepbus_devtools.stack up
+
+down:
+	$(PY) -m stepbus_devtools.stack down
+
+status:
+	$(PY) -m stepbus_devtools.stack status
+
+run: up
+	$(PY) -m stepbus_devtools.demo
+
+test: setup
+	@command -v redis-server >/dev/null || { echo "stepbus: redis-server is required: apt-get install -y redis-server"; exit 1; }
+	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+test-unit: deps
+	$(UV) run --frozen pytest tests/unit $(PYTEST_ARGS)
+
+lint: deps
+	$(UV) run --frozen ruff format --check .
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen mypy
+
+schemas: deps
+	$(PY) -m stepbus_contracts.schema schemas
+
+bench: up
+	$(PY) -m stepbus_devtools.bench
+
+clean: down
+	rm -rf .stepbus/kafka .stepbus/redis .stepbus/logs .stepbus/run
