@@ -156,6 +156,7 @@ class ResultsFeed:
 
     async def _run(self) -> None:
         while True:
+            batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
             try:
                 batch = await self._consumer.getmany(timeout_ms=1000, max_records=500)
                 for records in batch.values():
@@ -165,9 +166,13 @@ class ResultsFeed:
                     await self._consumer.commit()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # never let one bad moment end the feed; uncommitted work redelivers
-                log.exception("results feed iteration failed; retrying")
+            except Exception:  # never let one bad moment end the feed
+                log.exception("results feed batch failed; reading it again")
                 await asyncio.sleep(1.0)
+                # The position already moved past the batch: go back so nothing is skipped.
+                with contextlib.suppress(Exception):
+                    for tp, records in batch.items():
+                        self._consumer.seek(tp, records[0].offset)
 
     async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         try:
@@ -182,17 +187,16 @@ class ResultsFeed:
             )
             RECORDS.labels("gateway", record.topic, "poison").inc()
             return
-        await self._apply(event)
-        # Fanned out even if another replica applied it first: each stream drops duplicates.
+        applied = await self._apply(event)
+        # Fanned out even if already applied (maybe by another replica): streams drop duplicates.
         self._subscribers.publish(event)
-        RECORDS.labels("gateway", record.topic, "ok").inc()
+        RECORDS.labels("gateway", record.topic, "ok" if applied else "duplicate").inc()
 
-    async def _apply(self, event: ResultEvent) -> None:
+    async def _apply(self, event: ResultEvent) -> bool:
         delay = 0.1
         while True:
             try:
-                await self._projection.apply(event)
-                return
+                return await self._projection.apply(event)
             except (RedisError, OSError) as exc:
                 log.warning("projection write failed (%r); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)

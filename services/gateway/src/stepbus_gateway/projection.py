@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -40,7 +40,7 @@ TERMINAL_TYPES: frozenset[str] = frozenset(
     {"stepbus.task.completed", "stepbus.task.failed", "stepbus.task.cancelled"}
 )
 
-ResultEvent = TaskProgress | TaskCompleted | TaskFailed | TaskCancelled
+ResultEvent: TypeAlias = TaskProgress | TaskCompleted | TaskFailed | TaskCancelled
 """What the results topic carries (the union ``results_adapter`` decodes)."""
 
 # KEYS: hash; ARGV: ttl, then field/value pairs. Creates the task unless it exists.
@@ -199,7 +199,7 @@ class TaskProjection:
 
     async def get(self, tenant: str, task_id: str) -> TaskView | None:
         """The task's status, or ``None`` when this tenant has no such task."""
-        fields = await self._redis.hgetall(self.keys(tenant, task_id)[0])
+        fields = cast(dict[str, str], await self._redis.hgetall(self.keys(tenant, task_id)[0]))
         return TaskView.from_hash(fields) if fields else None
 
     async def snapshot(self, tenant: str, task_id: str) -> tuple[TaskView | None, list[str]]:

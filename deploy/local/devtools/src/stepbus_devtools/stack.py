@@ -4,7 +4,7 @@
 kill NAME [--signal KILL|TERM]``
 
 Kafka and Redis are started by ``deploy/local/kafka.sh`` and ``deploy/local/redis.sh``; the
-scripted model and the services are ``python -m <module>`` children in their own sessions,
+scripted model and the services are ``python -m <module>`` processes in their own sessions,
 logging to ``$STEPBUS_HOME/logs/<name>.log`` with pids in ``$STEPBUS_HOME/run/<name>.pid``.
 ``STEPBUS_HOME`` defaults to ``<repo>/.stepbus``. The same operations are importable
 (:func:`up`, :func:`down`, :func:`kill`, :func:`restart`, :func:`is_running`, :func:`status`)
@@ -135,9 +135,20 @@ PROCESSES: tuple[Process, ...] = (
 )
 _BY_NAME = {process.name: process for process in PROCESSES}
 
-# Popen objects of the children this Python started: polled to reap them (a zombie would look
-# alive to os.kill) and kept referenced so their finalizers do not warn while they run.
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+# Runs in a short-lived interpreter: starts the process in its own session with its output
+# appended to the log, prints its pid and exits without waiting, so the process is adopted by
+# init. Nothing here is then its parent: no zombies to reap, no Popen finalizer warnings, and a
+# stack started by `make up` outlives the command.
+_LAUNCHER = """
+import os, subprocess, sys
+with open(sys.argv[1], "ab") as log:
+    child = subprocess.Popen(
+        sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+print(child.pid, flush=True)
+os._exit(0)
+"""
 
 
 # --- locations ---------------------------------------------------------------------------------
@@ -194,10 +205,6 @@ def _cmdline(pid: int) -> str:
 
 
 def _alive(pid: int, marker: str) -> bool:
-    child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
-        del _CHILDREN[pid]
-        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -349,19 +356,23 @@ def _spawn(process: Process, env: dict[str, str]) -> _Starting:
     offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as log:
         log.write(f"=== stack up {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ===\n".encode())
-        log.flush()
-        child = subprocess.Popen(
-            process.argv(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=repo_root(),
-            start_new_session=True,
-        )
-    _CHILDREN[child.pid] = child
-    _pid_file(process.name).write_text(f"{child.pid}\n")
-    return _Starting(process, child.pid, offset, "started")
+    launched = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, str(log_path), *process.argv()],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=repo_root(),
+        check=False,
+    )
+    try:
+        pid = int(launched.stdout.strip())
+    except ValueError:
+        raise StackError(
+            f"{process.name}: could not launch {process.argv()}: {launched.stderr.strip()}"
+        ) from None
+    _pid_file(process.name).write_text(f"{pid}\n")
+    return _Starting(process, pid, offset, "started")
 
 
 def _wait_ready(starting: Iterable[_Starting], deadline: float) -> None:
