@@ -113,6 +113,12 @@ live_pid() {
     echo "$pid"
 }
 
+# True once the process has exited (a zombie counts as exited).
+gone() {
+    ! kill -0 "$1" 2>/dev/null \
+        || [[ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" == "Z" ]]
+}
+
 port_open() {
     timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null
 }
@@ -268,7 +274,7 @@ wait_ready() {
     local deadline=$((SECONDS + timeout))
     choose_probe
     until broker_ready; do
-        if ! kill -0 "$pid" 2>/dev/null || ! live_pid >/dev/null; then
+        if gone "$pid"; then
             print_tail
             rm -f "$PID_FILE"
             die "Kafka exited during startup (logs above, full logs in $LOG_DIR)"

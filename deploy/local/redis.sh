@@ -77,6 +77,12 @@ live_pid() {
     echo "$pid"
 }
 
+# True once the process has exited (a zombie counts as exited).
+gone() {
+    ! kill -0 "$1" 2>/dev/null \
+        || [[ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" == "Z" ]]
+}
+
 port_open() {
     timeout 2 bash -c "exec 3<>/dev/tcp/$CONNECT_HOST/$PORT" 2>/dev/null
 }
@@ -139,7 +145,7 @@ cmd_start() {
     local timeout="${REDIS_START_TIMEOUT:-20}"
     local deadline=$((SECONDS + timeout))
     until pong; do
-        if ! live_pid >/dev/null; then
+        if gone "$pid"; then
             print_tail "$offset"
             rm -f "$PID_FILE"
             die "redis-server exited during startup (log above)"

@@ -110,6 +110,9 @@ class PlannerHandlers:
         task = event.data
         tools = task.tools if task.tools is not None else sorted(self._catalog.names())
         unknown = sorted(set(tools) - self._catalog.names())
+        if unknown and not context.last_attempt:
+            # The catalog may still be catching up (an executor starting): retry with backoff.
+            raise RetryableError(f"unknown tools {unknown}; waiting for the tool catalog")
         if unknown:
             known = ", ".join(sorted(self._catalog.names())) or "none"
             return await self._end(

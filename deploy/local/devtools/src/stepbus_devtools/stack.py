@@ -99,7 +99,8 @@ class Process:
         return f"http://127.0.0.1:{self.resolved_port()}{self.ready_path}"
 
 
-# Start order; `down` stops in reverse. Add `memory` and `critic` here when they exist.
+# Start order (the tool-executor publishes the tool catalog the planner reads); `down` stops
+# in reverse. Add `memory` and `critic` here when they exist.
 PROCESSES: tuple[Process, ...] = (
     Process("kafka", marker="kafka.Kafka", script="kafka.sh"),
     Process("redis", marker="redis-server", script="redis.sh"),
@@ -112,18 +113,18 @@ PROCESSES: tuple[Process, ...] = (
         ready_path="/v1/models",
     ),
     Process(
-        "planner",
-        marker="stepbus_planner",
-        module="stepbus_planner",
-        port_env="STEPBUS_PLANNER_METRICS_PORT",
-        port=9101,
-    ),
-    Process(
         "tool-executor",
         marker="stepbus_tool_executor",
         module="stepbus_tool_executor",
         port_env="STEPBUS_TOOL_EXECUTOR_METRICS_PORT",
         port=9102,
+    ),
+    Process(
+        "planner",
+        marker="stepbus_planner",
+        module="stepbus_planner",
+        port_env="STEPBUS_PLANNER_METRICS_PORT",
+        port=9101,
     ),
     Process(
         "gateway",
@@ -437,14 +438,13 @@ def up(names: Iterable[str] | None = None) -> None:
             if process.name == SCRIPTED_LLM and not scripted:
                 _say(f"skipping {process.name}: OPENAI_BASE_URL is set, using that endpoint")
                 continue
-            if not _runnable(process.module):
-                _say(f"skipping {process.name}: `python -m {process.module}` is not available here")
-                continue
             pid = _live_pid(process)
             if pid is not None:
                 starting.append(_Starting(process, pid, 0, "already running"))
-            else:
+            elif _runnable(process.module):
                 starting.append(_spawn(process, env))
+            else:
+                _say(f"skipping {process.name}: `python -m {process.module}` is not available here")
         _wait_ready(starting, time.monotonic() + READY_TIMEOUT_SECONDS)
     summary += [
         (item.process.name, str(item.pid), f"ready ({item.note}, {item.process.ready_url()})")
