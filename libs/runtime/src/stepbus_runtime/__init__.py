@@ -1,6 +1,6 @@
 """What stepbus services share at run time: the Kafka processor, settings and telemetry."""
 
-from .admin import ensure_topics
+from .admin import ensure_topics, topic_partitions
 from .codec import decode, encode
 from .errors import DecodeError, PermanentError, RetryableError, StepbusError
 from .health import serve_health
@@ -31,4 +31,5 @@ __all__ = [
     "run_worker",
     "serve_health",
     "setup_telemetry",
+    "topic_partitions",
 ]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from stepbus_contracts import Topics
 
-__all__ = ["ensure_topics"]
+__all__ = ["ensure_topics", "topic_partitions"]
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +55,19 @@ async def ensure_topics(
             await asyncio.sleep(0.5)
         finally:
             await admin.close()
+
+
+async def topic_partitions(bootstrap_servers: str, *topics: str) -> list[TopicPartition]:
+    """Every partition of ``topics`` (for readers that assign partitions themselves)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    return [
+        TopicPartition(topic["topic"], partition["partition"])
+        for topic in described
+        if topic["error_code"] == 0
+        for partition in sorted(topic["partitions"], key=lambda p: p["partition"])
+    ]

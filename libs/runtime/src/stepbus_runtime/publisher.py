@@ -41,7 +41,7 @@ class EventPublisher:
             client_id=client_id,
             enable_idempotence=True,
             acks="all",
-            linger_ms=2,
+            linger_ms=0,
             max_request_size=max_request_size,
             compression_type=None,
         )

@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 from stepbus_contracts import ToolRegisteredData, tool_catalog_adapter
+from stepbus_runtime import topic_partitions
 
 __all__ = ["ToolCatalog"]
 
@@ -50,8 +51,7 @@ class ToolCatalog:
         consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
         await consumer.start()
         self._consumer = consumer
-        partitions = consumer.partitions_for_topic(self._topic) or {0}
-        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        tps = await topic_partitions(self._bootstrap, self._topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)

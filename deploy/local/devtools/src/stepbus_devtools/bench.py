@@ -28,6 +28,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from stepbus_contracts import TaskSubmitted, TaskSubmittedData, Topics
+from stepbus_runtime import topic_partitions
 
 TERMINAL = ("stepbus.task.completed", "stepbus.task.failed", "stepbus.task.cancelled")
 
@@ -44,14 +45,12 @@ class Journal:
     def __init__(self, bootstrap: str, topics: list[str]) -> None:
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         self._topics = topics
+        self._bootstrap = bootstrap
         self.by_task: dict[str, list[tuple[str, dict[str, Any]]]] = {}
 
     async def start(self) -> None:
         await self._consumer.start()
-        tps = []
-        for topic in self._topics:
-            partitions = self._consumer.partitions_for_topic(topic) or set()
-            tps += [TopicPartition(topic, p) for p in partitions]
+        tps = await topic_partitions(self._bootstrap, *self._topics)
         self._consumer.assign(tps)
         await self._consumer.seek_to_end(*tps)
         for tp in tps:  # resolve positions now, before any task is submitted
