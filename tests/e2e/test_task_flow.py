@@ -8,6 +8,7 @@ import shutil
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -136,3 +137,35 @@ async def test_poison_records_on_tasks_go_to_dlq_and_the_next_task_completes(
     reasons = {r.key: dict(r.headers)["stepbus.error"] for r in dlq.records}
     assert b"invalid event" in reasons[b"poison-1"]
     assert b"data.input" in reasons[b"poison-2"]
+
+
+async def test_gateway_accepts_at_once_and_streams_progress_until_the_result(
+    stack: Stack,
+) -> None:
+    assert stack.gateway_url is not None, "the gateway service is part of the stack"
+    headers = {"X-Stepbus-Tenant": "acme"}
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
+        response = await client.post(
+            "/v1/tasks",
+            json={"input": "What is 17 * 23?", "tools": ["calculator"]},
+            headers=headers,
+        )
+        assert response.status_code == 202
+        task = response.json()
+        types: list[str] = []
+        final: dict[str, Any] = {}
+        async with client.stream("GET", task["events_url"], headers=headers) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            async for line in stream.aiter_lines():
+                if line.startswith("event:"):
+                    types.append(line[6:].strip())
+                elif line.startswith("data:") and types[-1] in TERMINAL:
+                    final = json.loads(line[5:])
+        status = (await client.get(task["status_url"], headers=headers)).json()
+        hidden = await client.get(task["status_url"], headers={"X-Stepbus-Tenant": "other"})
+    assert types[0] == "stepbus.task.progress"
+    assert types[-1] == "stepbus.task.completed"  # the stream ends after the terminal event
+    assert sum(t in TERMINAL for t in types) == 1
+    assert final["data"]["output"] == "391"
+    assert status["status"] == "completed" and status["output"] == "391"
+    assert hidden.status_code == 404

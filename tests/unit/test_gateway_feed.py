@@ -82,10 +82,10 @@ async def test_poison_is_skipped_and_a_failed_batch_is_read_again_before_commit(
         projection=projection,  # type: ignore[arg-type]
         subscribers=subscribers,
     )
-    feed._consumer = consumer  # noqa: SLF001
+    feed._consumer = consumer
 
     with subscribers.subscribe("default", "t1") as sub:
-        run = asyncio.create_task(feed._run())  # noqa: SLF001
+        run = asyncio.create_task(feed._run())
         try:
             await wait_until(lambda: consumer.committed, 10, "a commit")
         finally:

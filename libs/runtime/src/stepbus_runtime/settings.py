@@ -12,7 +12,7 @@ __all__ = ["ServiceSettings"]
 class ServiceSettings(BaseSettings):
     """Kafka, topics and the processor's bounds; read from the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="STEPBUS_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="STEPBUS_", extra="ignore", validate_by_name=True)
 
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092",

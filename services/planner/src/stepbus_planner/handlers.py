@@ -96,8 +96,8 @@ class PlannerHandlers:
         """Accept a submitted task, or cancel a running one."""
         state = await self._store.get(event.subject, event.tenant)
         if isinstance(event, TaskCancelRequested):
-            if state.task is None or state.ended:
-                return []  # unknown or finished: nothing to cancel
+            if state.ended or (state.task is None and state.submitted_id is None):
+                return []  # finished, or never submitted: nothing to cancel
             return await self._end(
                 state,
                 TaskCancelled(
@@ -105,8 +105,10 @@ class PlannerHandlers:
                     data=TaskCancelledData(reason=event.data.reason, steps=len(state.decisions)),
                 ),
             )
-        if state.task is not None or state.ended:
+        if state.task is not None or state.ended or state.submitted_id not in (None, event.id):
             return []  # a duplicate submission of a task already running or finished
+        # A redelivery of the submission we accepted re-emits the same (same-id) acceptance,
+        # in case the first one was never acknowledged; consumers drop the duplicate.
         task = event.data
         tools = task.tools if task.tools is not None else sorted(self._catalog.names())
         unknown = sorted(set(tools) - self._catalog.names())
@@ -140,6 +142,7 @@ class PlannerHandlers:
                 model=self._model.model,
             ),
         )
+        await self._store.put(state.model_copy(update={"submitted_id": event.id}))
         return [Emit(self._topics.planner_history, accepted)]
 
     # -- planner.history ------------------------------------------------------------------

@@ -44,6 +44,11 @@ class TaskState(BaseModel):
     task_id: str
     tenant: str
     task: TaskAcceptedData | None = None
+    submitted_id: str | None = Field(
+        default=None,
+        description="Set when the planner accepts the submission, before `task.accepted` is "
+        "read back, so an early cancellation or a duplicate submission is recognised.",
+    )
     decisions: dict[int, LlmDecidedData] = Field(default_factory=dict)
     outcomes: dict[str, ToolCallCompletedData | ToolCallFailedData] = Field(default_factory=dict)
     terminal: str | None = Field(default=None, description="Type of the terminal event, if any.")

@@ -11,7 +11,8 @@ __all__ = ["CalculatorError", "evaluate", "format_number"]
 
 _MAX_EXPRESSION = 1_000
 _MAX_EXPONENT = 10_000
-_MAX_MAGNITUDE = 10**300
+_MAX_DIGITS = 300
+_MAX_MAGNITUDE = 10**_MAX_DIGITS
 
 _BINARY: dict[type[ast.operator], Callable[[float, float], float]] = {
     ast.Add: operator.add,
@@ -55,25 +56,31 @@ def evaluate(expression: str) -> float | int:
         raise CalculatorError(f"expression longer than {_MAX_EXPRESSION} characters")
     try:
         tree = ast.parse(expression.replace("^", "**"), mode="eval")
+    except RecursionError:
+        raise CalculatorError("expression nested too deeply") from None
     except SyntaxError:
         raise CalculatorError(f"not an arithmetic expression: {expression!r}") from None
     try:
         return _eval(tree.body)
+    except CalculatorError:
+        raise
+    except RecursionError:
+        raise CalculatorError("expression nested too deeply") from None
     except ZeroDivisionError:
         raise CalculatorError("division by zero") from None
-    except (OverflowError, ValueError) as exc:
+    except (OverflowError, ValueError, TypeError) as exc:
         raise CalculatorError(f"cannot compute: {exc}") from None
 
 
 def _eval(node: ast.expr) -> float | int:
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return node.value  # type: ignore[no-any-return]
+        return _bounded(node.value)
     if isinstance(node, ast.Name) and node.id in _CONSTANTS:
         return _CONSTANTS[node.id]
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _eval(node.left), _eval(node.right)
-        if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
-            raise CalculatorError(f"exponent {right} is too large")
+        if isinstance(node.op, ast.Pow):
+            _check_power(left, right)
         return _bounded(_BINARY[type(node.op)](left, right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_eval(node.operand))
@@ -83,12 +90,25 @@ def _eval(node: ast.expr) -> float | int:
         and node.func.id in _FUNCTIONS
         and not node.keywords
     ):
-        return _bounded(_FUNCTIONS[node.func.id](*(_eval(arg) for arg in node.args)))
+        arguments = [_eval(arg) for arg in node.args]
+        return _bounded(_FUNCTIONS[node.func.id](*arguments))
     raise CalculatorError(f"unsupported syntax: {ast.unparse(node)!r}")
 
 
+def _check_power(base: float | int, exponent: float | int) -> None:
+    """Refuse a power whose result would be out of range, before spending CPU on it."""
+    if abs(exponent) > _MAX_EXPONENT:
+        raise CalculatorError(f"exponent {exponent} is too large")
+    if abs(base) > 1 and exponent > 0 and exponent * math.log10(abs(base)) > _MAX_DIGITS:
+        raise CalculatorError("result out of range")
+
+
 def _bounded(value: float | int) -> float | int:
-    if isinstance(value, complex) or abs(value) > _MAX_MAGNITUDE:
+    if isinstance(value, complex):
+        raise CalculatorError("the result is not a real number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CalculatorError("result out of range")
+    if abs(value) > _MAX_MAGNITUDE:
         raise CalculatorError("result out of range")
     return value
 

@@ -42,7 +42,7 @@ class ToolCallHandler:
             recorded = await self._ledger.recorded(call.idempotency_key)
             if recorded is not None:
                 return [self._emit(command, recorded, replayed=True)]
-            outcome = await self._run(command)
+            outcome = await self._run(command, context)
             await self._ledger.record(call.idempotency_key, outcome)
             # The first recorded outcome wins, even if another delivery raced this one.
             winner = await self._ledger.recorded(call.idempotency_key) or outcome
@@ -54,7 +54,7 @@ class ToolCallHandler:
             return [self._emit(command, failure, replayed=False)]
         return [self._emit(command, winner, replayed=winner != outcome)]
 
-    async def _run(self, command: ToolCallRequested) -> dict[str, object]:
+    async def _run(self, command: ToolCallRequested, context: RecordContext) -> dict[str, object]:
         call = command.data
         tool = self._registry.get(call.name)
         started = time.perf_counter()
@@ -69,6 +69,10 @@ class ToolCallHandler:
             return _failure(str(exc), "invalid_arguments")
         except TimeoutError:
             return _failure(f"timed out after {call.timeout_seconds:g}s", "timeout")
+        except Exception as exc:
+            if not context.last_attempt:
+                raise  # maybe transient: the processor retries with backoff
+            return _failure(f"{type(exc).__name__}: {exc}", "tool_error")
         return {"output": output, "duration_ms": (time.perf_counter() - started) * 1000}
 
     def _emit(self, command: ToolCallRequested, outcome: dict[str, object], replayed: bool) -> Emit:

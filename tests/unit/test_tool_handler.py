@@ -1,0 +1,298 @@
+"""ToolCallHandler: one run per idempotency key, every outcome reported, ids from the call."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from stepbus_contracts import (
+    ToolCallCompleted,
+    ToolCallFailed,
+    ToolCallRequested,
+    ToolCallRequestedData,
+    Topics,
+    derive_id,
+)
+from stepbus_runtime import RecordContext
+from stepbus_tool_executor.handlers import ToolCallHandler
+from stepbus_tool_executor.registry import Tool, ToolRegistry, builtin_registry
+
+TOPICS = Topics("t.")
+TASK = "task-1"
+TENANT = "acme"
+MAX_ATTEMPTS = 3
+
+
+class MemoryLedger:
+    """RedisLedger's behaviour in memory: JSON round trip, first record wins (SET NX)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, str] = {}
+
+    async def recorded(self, idempotency_key: str) -> dict[str, Any] | None:
+        raw = self.entries.get(idempotency_key)
+        return json.loads(raw) if raw else None
+
+    async def record(self, idempotency_key: str, outcome: dict[str, Any]) -> None:
+        self.entries.setdefault(idempotency_key, json.dumps(outcome))
+
+
+class DownLedger(MemoryLedger):
+    """A ledger whose Redis is unreachable."""
+
+    async def recorded(self, idempotency_key: str) -> dict[str, Any] | None:
+        raise RedisConnectionError("Connection refused")
+
+
+class RacedLedger(MemoryLedger):
+    """Another delivery of the same call records its outcome between our check and our write."""
+
+    def __init__(self, rival: dict[str, Any]) -> None:
+        super().__init__()
+        self._rival = rival
+
+    async def record(self, idempotency_key: str, outcome: dict[str, Any]) -> None:
+        self.entries.setdefault(idempotency_key, json.dumps(self._rival))
+        await super().record(idempotency_key, outcome)
+
+
+class Counted:
+    """The builtin registry with the calculator wrapped to count its runs."""
+
+    def __init__(self) -> None:
+        self.registry = builtin_registry()
+        calculator = self.registry.get("calculator")
+        assert calculator is not None
+        self.runs: list[str] = []
+
+        async def run(arguments: dict[str, Any], idempotency_key: str) -> str:
+            self.runs.append(idempotency_key)
+            return await calculator.run(arguments, idempotency_key)
+
+        self.registry.add(dataclasses.replace(calculator, run=run))
+
+
+def command(
+    arguments: dict[str, Any] | None = None,
+    *,
+    name: str = "calculator",
+    command_id: str = "cmd-1",
+    step: int = 0,
+    call_index: int = 0,
+    timeout_seconds: float = 5.0,
+) -> ToolCallRequested:
+    return ToolCallRequested(
+        id=command_id,
+        source="urn:test:planner",
+        subject=TASK,
+        tenant=TENANT,
+        data=ToolCallRequestedData(
+            step=step,
+            call_index=call_index,
+            name=name,
+            idempotency_key=f"{TASK}:{step}:{call_index}",
+            arguments={"expression": "17 * 23"} if arguments is None else arguments,
+            timeout_seconds=timeout_seconds,
+        ),
+    )
+
+
+def context(attempt: int = 1) -> RecordContext:
+    return RecordContext(TOPICS.tool_calls, 0, 0, TASK, attempt, MAX_ATTEMPTS)
+
+
+def handler(registry: ToolRegistry | None = None, ledger: MemoryLedger | None = None) -> Any:
+    return ToolCallHandler(
+        registry or builtin_registry(),
+        ledger or MemoryLedger(),  # type: ignore[arg-type]
+        TOPICS,
+    )
+
+
+async def outcome(
+    call: ToolCallHandler, cmd: ToolCallRequested, attempt: int = 1
+) -> ToolCallCompleted | ToolCallFailed:
+    [emit] = await call(cmd, context(attempt))
+    assert emit.topic == TOPICS.planner_history
+    assert isinstance(emit.event, ToolCallCompleted | ToolCallFailed)
+    return emit.event
+
+
+# -- success and replay -----------------------------------------------------------------------
+
+
+async def test_a_successful_call_reports_its_output_on_the_history() -> None:
+    counted = Counted()
+    event = await outcome(handler(counted.registry), command())
+
+    assert isinstance(event, ToolCallCompleted)
+    assert event.data.output == "391"
+    assert event.data.replayed is False
+    assert (event.data.step, event.data.call_index, event.data.name) == (0, 0, "calculator")
+    assert event.data.idempotency_key == f"{TASK}:0:0"
+    assert (event.subject, event.tenant) == (TASK, TENANT)
+    assert counted.runs == [f"{TASK}:0:0"]  # the tool receives the idempotency key
+
+
+async def test_the_outcome_is_recorded_in_the_ledger_under_the_idempotency_key() -> None:
+    ledger = MemoryLedger()
+    await outcome(handler(ledger=ledger), command())
+    recorded = await ledger.recorded(f"{TASK}:0:0")
+    assert recorded is not None and recorded["output"] == "391"
+
+
+async def test_a_redelivered_call_replays_the_recorded_outcome_without_running_again() -> None:
+    counted = Counted()
+    call = handler(counted.registry)
+    first = await outcome(call, command())
+    again = await outcome(call, command())
+
+    assert isinstance(again, ToolCallCompleted)
+    assert again.data.output == "391"
+    assert again.data.replayed is True
+    assert again.id == first.id
+    assert len(counted.runs) == 1
+
+
+async def test_a_re_dispatched_call_with_the_same_key_runs_once() -> None:
+    counted = Counted()
+    call = handler(counted.registry)
+    await outcome(call, command(command_id="cmd-1"))
+    again = await outcome(call, command({"expression": "1 + 1"}, command_id="cmd-2"))
+
+    assert isinstance(again, ToolCallCompleted)
+    assert (again.data.output, again.data.replayed) == ("391", True)
+    assert len(counted.runs) == 1
+
+
+async def test_calls_with_different_keys_each_run() -> None:
+    counted = Counted()
+    call = handler(counted.registry)
+    await outcome(call, command(command_id="a", call_index=0))
+    second = await outcome(call, command({"expression": "2 ^ 10"}, command_id="b", call_index=1))
+
+    assert isinstance(second, ToolCallCompleted)
+    assert (second.data.output, second.data.replayed) == ("1024", False)
+    assert counted.runs == [f"{TASK}:0:0", f"{TASK}:0:1"]
+
+
+async def test_when_another_delivery_records_first_its_outcome_wins() -> None:
+    ledger = RacedLedger({"output": "from the other delivery", "duration_ms": 1.0})
+    event = await outcome(handler(ledger=ledger), command())
+
+    assert isinstance(event, ToolCallCompleted)
+    assert event.data.output == "from the other delivery"
+    assert event.data.replayed is True
+
+
+# -- failures ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {},
+        {"expression": 17},
+        {"expression": "   "},
+        {"expression": "1 / 0"},
+        {"expression": "__import__('os')"},
+    ],
+)
+async def test_invalid_arguments_are_reported_as_invalid_arguments(
+    arguments: dict[str, Any],
+) -> None:
+    event = await outcome(handler(), command(arguments))
+
+    assert isinstance(event, ToolCallFailed)
+    assert event.data.error_type == "invalid_arguments"
+    assert event.data.error
+
+
+async def test_a_failure_is_recorded_and_replayed_too() -> None:
+    counted = Counted()
+    call = handler(counted.registry)
+    first = await outcome(call, command({"expression": "1 / 0"}))
+    again = await outcome(call, command({"expression": "1 / 0"}))
+
+    assert isinstance(again, ToolCallFailed)
+    assert again.data == first.data
+    assert len(counted.runs) == 1
+
+
+async def test_an_unknown_tool_is_reported_as_unknown_tool() -> None:
+    event = await outcome(handler(), command(name="shell"))
+
+    assert isinstance(event, ToolCallFailed)
+    assert event.data.error_type == "unknown_tool"
+    assert "shell" in event.data.error and "calculator" in event.data.error
+
+
+async def test_a_tool_over_its_time_limit_is_reported_as_a_timeout() -> None:
+    async def slow(arguments: dict[str, Any], idempotency_key: str) -> str:
+        await asyncio.sleep(5)
+        return "too late"
+
+    registry = ToolRegistry()
+    registry.add(Tool(name="slow", description="", parameters={}, run=slow))
+    event = await outcome(handler(registry), command(name="slow", timeout_seconds=0.01))
+
+    assert isinstance(event, ToolCallFailed)
+    assert event.data.error_type == "timeout"
+
+
+async def test_an_unreachable_ledger_raises_so_the_processor_retries() -> None:
+    counted = Counted()
+    call = handler(counted.registry, DownLedger())
+    with pytest.raises(RedisConnectionError):
+        await call(command(), context(attempt=MAX_ATTEMPTS - 1))
+    assert counted.runs == []
+
+
+async def test_an_unreachable_ledger_on_the_last_attempt_reports_unavailable() -> None:
+    counted = Counted()
+    event = await outcome(handler(counted.registry, DownLedger()), command(), MAX_ATTEMPTS)
+
+    assert isinstance(event, ToolCallFailed)
+    assert event.data.error_type == "unavailable"
+    assert event.data.idempotency_key == f"{TASK}:0:0"
+    assert counted.runs == []
+
+
+async def test_a_crashing_tool_on_the_last_attempt_reports_a_tool_error() -> None:
+    async def broken(arguments: dict[str, Any], idempotency_key: str) -> str:
+        raise RuntimeError("boom")
+
+    registry = ToolRegistry()
+    registry.add(Tool(name="broken", description="", parameters={}, run=broken))
+    event = await outcome(handler(registry), command(name="broken"), MAX_ATTEMPTS)
+
+    assert isinstance(event, ToolCallFailed)
+    assert event.data.error_type == "tool_error"
+
+
+async def test_a_calculator_call_with_the_wrong_arity_is_invalid_arguments() -> None:
+    event = await outcome(handler(), command({"expression": "max()"}), MAX_ATTEMPTS)
+
+    assert isinstance(event, ToolCallFailed)
+    assert event.data.error_type == "invalid_arguments"
+
+
+# -- ids --------------------------------------------------------------------------------------
+
+
+async def test_the_outcome_id_is_derived_from_the_command_id() -> None:
+    first = await outcome(handler(), command(command_id="cmd-1"))
+    same = await outcome(handler(), command(command_id="cmd-1"))
+    other = await outcome(handler(), command(command_id="cmd-2"))
+
+    assert first.id == same.id == derive_id("cmd-1", "outcome")
+    assert other.id != first.id
+
+
+async def test_a_failure_id_is_derived_from_the_command_id_as_well() -> None:
+    event = await outcome(handler(ledger=DownLedger()), command(command_id="cmd-9"), MAX_ATTEMPTS)
+    assert event.id == derive_id("cmd-9", "outcome")
