@@ -64,10 +64,16 @@ Handler = Callable[[Any, RecordContext], Awaitable[Sequence[Emit]]]
 
 @dataclass(frozen=True)
 class Route:
-    """How records of one topic are decoded and handled."""
+    """How records of one topic are decoded and handled.
+
+    ``on_arrival`` sees each decoded event as soon as it is fetched, before it waits for the
+    earlier records of its task: the place for signals that must overtake queued work, such as
+    a cancellation interrupting a running LLM call. It must be quick and must not fail.
+    """
 
     adapter: TypeAdapter[Any]
     handler: Handler
+    on_arrival: Callable[[Any], None] | None = None
 
 
 class Processor:
@@ -178,40 +184,86 @@ class Processor:
     # -- one record ---------------------------------------------------------------------
 
     def _start(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
-        previous = self._tails.get(record.key)
-        task = asyncio.create_task(self._run_record(tp, record, previous))
-        self._tails[record.key] = task
+        route = self._routes[record.topic]
+        try:
+            decoded: Any = decode(route.adapter, record.value)
+        except PermanentError as exc:
+            decoded = exc
+        else:
+            if route.on_arrival is not None:
+                route.on_arrival(decoded)
+        task = self._enqueue(record.key, tp, self._run_record(tp, record, route, decoded))
         self._tasks.setdefault(tp, set()).add(task)
+
+    def submit(self, key: str, work: Callable[[], Awaitable[Sequence[Emit]]]) -> None:
+        """Run ``work`` in the queue of ``key`` and publish what it returns.
+
+        For work without a record, such as a timer that ends a task past its deadline: it
+        waits for the key's earlier records and delays its later ones, like a record would.
+        """
+
+        async def run(previous: asyncio.Task[None] | None) -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            try:
+                outputs = await work()
+            except Exception:
+                log.exception("%s: work for %s failed", self.name, key)
+                return
+            await self._publish(outputs)
+
+        self._enqueue(key.encode(), None, run)
+
+    def _enqueue(
+        self,
+        key: bytes | None,
+        tp: TopicPartition | None,
+        run: Callable[[asyncio.Task[None] | None], Awaitable[None]],
+    ) -> asyncio.Task[None]:
+        previous = self._tails.get(key)
+        task: asyncio.Task[None] = asyncio.create_task(run(previous))  # type: ignore[arg-type]
+        self._tails[key] = task
         self._in_flight += 1
         IN_FLIGHT.labels(self.name).set(self._in_flight)
 
         def _done(done: asyncio.Task[None]) -> None:
             self._in_flight -= 1
             IN_FLIGHT.labels(self.name).set(self._in_flight)
-            self._tasks.get(tp, set()).discard(done)
-            if self._tails.get(record.key) is done:
-                del self._tails[record.key]
+            if tp is not None:
+                self._tasks.get(tp, set()).discard(done)
+            if self._tails.get(key) is done:
+                del self._tails[key]
 
         task.add_done_callback(_done)
+        return task
 
-    async def _run_record(
+    def _run_record(
         self,
         tp: TopicPartition,
         record: ConsumerRecord[bytes, bytes],
-        previous: asyncio.Task[None] | None,
+        route: Route,
+        decoded: Any,
+    ) -> Callable[[asyncio.Task[None] | None], Awaitable[None]]:
+        async def run(previous: asyncio.Task[None] | None) -> None:
+            if previous is not None:
+                await asyncio.wait([previous])  # same task id: keep offset order
+            await self._process(tp, record, route, decoded)
+
+        return run
+
+    async def _process(
+        self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], route: Route, decoded: Any
     ) -> None:
-        if previous is not None:
-            await asyncio.wait([previous])  # same task id: keep offset order
         started = time.perf_counter()
         outcome = "ok"
-        route = self._routes[record.topic]
         ctx = extract_context(record.headers)
         with _tracer.start_as_current_span(
             f"process {record.topic}", context=ctx, kind=trace.SpanKind.CONSUMER
         ):
             try:
-                event = decode(route.adapter, record.value)
-                outputs = await self._handle(route, event, record)
+                if isinstance(decoded, PermanentError):
+                    raise decoded
+                outputs = await self._handle(route, decoded, record)
             except PermanentError as exc:
                 outcome = "dead_lettered"
                 await self._dead_letter(record, exc, attempts=getattr(exc, "attempts", 1))
