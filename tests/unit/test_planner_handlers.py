@@ -37,7 +37,7 @@ from stepbus_contracts import (
 from stepbus_planner.handlers import PlannerHandlers
 from stepbus_planner.ports import ModelError, ModelToolCall, ModelTurn
 from stepbus_planner.state import HistoryEventT
-from stepbus_planner.store import MemoryStateStore
+from stepbus_planner.store import TaskStates
 from stepbus_runtime import Emit, RecordContext, RetryableError
 
 TOPICS = Topics("t.")
@@ -168,6 +168,29 @@ def context(topic: str, *, attempt: int = 1, offset: int = 0) -> RecordContext:
     return RecordContext(topic, 0, offset, TASK, attempt, MAX_ATTEMPTS)
 
 
+class SnapshotsAside:
+    """The planner's handlers with their (deferred) state snapshots set aside for inspection."""
+
+    def __init__(self, handlers: PlannerHandlers, snapshots: list[Emit]) -> None:
+        self.inner = handlers
+        self.snapshots = snapshots
+
+    def _split(self, outputs: Sequence[Emit]) -> list[Emit]:
+        for emit in outputs:
+            if emit.topic == TOPICS.planner_snapshots:
+                assert emit.deferred, "a snapshot must wait for the outputs it follows"
+                self.snapshots.append(emit)
+        return [emit for emit in outputs if emit.topic != TOPICS.planner_snapshots]
+
+    async def on_task(
+        self, event: TaskSubmitted | TaskCancelRequested, ctx: RecordContext
+    ) -> list[Emit]:
+        return self._split(await self.inner.on_task(event, ctx))
+
+    async def on_history(self, event: HistoryEventT, ctx: RecordContext) -> list[Emit]:
+        return self._split(await self.inner.on_history(event, ctx))
+
+
 class Loop:
     """The planner and a fake executor wired together the way Kafka wires them."""
 
@@ -183,13 +206,18 @@ class Loop:
         self.model = model
         self.now = NOW
         self.catalog = FakeCatalog(*catalog)
-        self.handlers = PlannerHandlers(
-            model=model,
-            store=MemoryStateStore(),
-            catalog=self.catalog,  # type: ignore[arg-type]
-            topics=TOPICS,
-            max_attempts=MAX_ATTEMPTS,
-            clock=lambda: self.now,
+        self.store = TaskStates("127.0.0.1:1", "t.planner.history", TOPICS.planner_snapshots)
+        self.snapshots: list[Emit] = []
+        self.handlers = SnapshotsAside(
+            PlannerHandlers(
+                model=model,
+                store=self.store,
+                catalog=self.catalog,  # type: ignore[arg-type]
+                topics=TOPICS,
+                max_attempts=MAX_ATTEMPTS,
+                clock=lambda: self.now,
+            ),
+            self.snapshots,
         )
         self.deliveries = deliveries
         self.hold_tool_calls = hold_tool_calls

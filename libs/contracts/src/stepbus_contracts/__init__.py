@@ -8,6 +8,7 @@ from .catalog import (
     ToolCommand,
     history_adapter,
     results_adapter,
+    snapshot_adapter,
     tasks_adapter,
     tool_calls_adapter,
     tool_catalog_adapter,
@@ -32,6 +33,7 @@ from .results import (
     TaskProgress,
     TaskProgressData,
 )
+from .snapshots import StateSnapshot, StateSnapshotData
 from .tasks import TaskCancelRequested, TaskCancelRequestedData, TaskSubmitted, TaskSubmittedData
 from .tools import (
     ToolCallCompleted,
@@ -58,6 +60,8 @@ __all__ = [
     "LlmDecidedData",
     "PlannedToolCall",
     "ResultEvent",
+    "StateSnapshot",
+    "StateSnapshotData",
     "TaskAccepted",
     "TaskAcceptedData",
     "TaskCancelRequested",
@@ -90,6 +94,7 @@ __all__ = [
     "history_adapter",
     "idempotency_key",
     "results_adapter",
+    "snapshot_adapter",
     "tasks_adapter",
     "tool_calls_adapter",
     "tool_catalog_adapter",

@@ -8,6 +8,7 @@ from pydantic import Field, TypeAdapter
 
 from .planning import LlmDecided, TaskAccepted
 from .results import TaskCancelled, TaskCompleted, TaskFailed, TaskProgress
+from .snapshots import StateSnapshot
 from .tasks import TaskCancelRequested, TaskSubmitted
 from .tools import ToolCallCompleted, ToolCallFailed, ToolCallRequested, ToolRegistered
 
@@ -19,6 +20,7 @@ __all__ = [
     "ToolCommand",
     "history_adapter",
     "results_adapter",
+    "snapshot_adapter",
     "tasks_adapter",
     "tool_calls_adapter",
     "tool_catalog_adapter",
@@ -65,3 +67,4 @@ results_adapter: TypeAdapter[TaskProgress | TaskCompleted | TaskFailed | TaskCan
     TypeAdapter(ResultEvent)
 )
 tool_catalog_adapter: TypeAdapter[ToolRegistered] = TypeAdapter(ToolRegistered)
+snapshot_adapter: TypeAdapter[StateSnapshot] = TypeAdapter(StateSnapshot)

@@ -37,6 +37,17 @@ _SPECS: tuple[TopicSpec, ...] = (
         configs={"retention.ms": str(7 * _DAY_MS)},
     ),
     TopicSpec(
+        "planner.snapshots",
+        "The planner's latest state per task (key = task id), compacted: replay after a crash "
+        "reads a snapshot plus the journal tail, never the whole journal.",
+        configs={
+            "cleanup.policy": "compact,delete",
+            "retention.ms": str(7 * _DAY_MS),
+            "segment.ms": str(60 * 60 * 1000),
+            "min.cleanable.dirty.ratio": "0.2",
+        },
+    ),
+    TopicSpec(
         "tool.calls",
         "Commands to the tool-executor: run one tool call under its idempotency key.",
         configs={"retention.ms": str(7 * _DAY_MS)},
@@ -57,6 +68,17 @@ _SPECS: tuple[TopicSpec, ...] = (
         "Records that could not be decoded or processed; error and origin in headers.",
         partitions=1,
         configs={"retention.ms": str(30 * _DAY_MS)},
+    ),
+    TopicSpec(
+        "dlq.redriven",
+        "Markers of re-driven dead letters (key = `<partition>:<offset>` in the DLQ), compacted.",
+        partitions=1,
+        configs={"cleanup.policy": "compact"},
+    ),
+    TopicSpec(
+        "payloads",
+        "Claim check: chunks of events too big for one record (key = payload id).",
+        configs={"cleanup.policy": "delete", "retention.ms": str(7 * _DAY_MS)},
     ),
 )
 
@@ -82,6 +104,11 @@ class Topics:
         return self.name("planner.history")
 
     @property
+    def planner_snapshots(self) -> str:
+        """The planner's compacted state snapshots."""
+        return self.name("planner.snapshots")
+
+    @property
     def tool_calls(self) -> str:
         """Commands to the tool-executor."""
         return self.name("tool.calls")
@@ -100,6 +127,16 @@ class Topics:
     def dlq(self) -> str:
         """Dead-letter topic."""
         return self.name("dlq")
+
+    @property
+    def dlq_redriven(self) -> str:
+        """Markers of re-driven dead letters."""
+        return self.name("dlq.redriven")
+
+    @property
+    def payloads(self) -> str:
+        """Claim-checked payloads."""
+        return self.name("payloads")
 
     def specs(self) -> list[tuple[str, TopicSpec]]:
         """Every topic of the catalog with its full name."""

@@ -4,7 +4,7 @@ from .admin import ensure_topics, topic_partitions
 from .codec import decode, encode
 from .errors import DecodeError, PermanentError, RetryableError, StepbusError
 from .health import serve_health
-from .processor import Handler, Processor, RecordContext, Route
+from .processor import Handler, PartitionListener, Processor, RecordContext, Route
 from .publisher import Emit, EventPublisher
 from .settings import ServiceSettings
 from .telemetry import setup_telemetry
@@ -16,6 +16,7 @@ __all__ = [
     "Emit",
     "EventPublisher",
     "Handler",
+    "PartitionListener",
     "PermanentError",
     "Processor",
     "RecordContext",

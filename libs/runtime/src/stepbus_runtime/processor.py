@@ -9,7 +9,8 @@ every assigned partition is paused, and the poll loop keeps running so the consu
 trips ``max.poll.interval.ms``.
 
 Records that cannot be decoded, or whose handler keeps failing, go to the DLQ with the reason and
-their origin in headers; the processor moves on.
+their origin in headers; the processor moves on. Claim checks (big events stored aside, see
+``claimcheck``) are resolved before decoding, so handlers always see the full event.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from opentelemetry import trace
 from pydantic import TypeAdapter
 
+from .claimcheck import ClaimCheckError, PayloadRef, PayloadStore, claim_reference
 from .codec import decode
 from .errors import PermanentError
 from .metrics import DLQ_RECORDS, IN_FLIGHT, RECORD_SECONDS, RECORDS
@@ -35,7 +37,7 @@ from .offsets import PartitionOffsets
 from .publisher import Emit, EventPublisher
 from .tracing import extract_context
 
-__all__ = ["Handler", "Processor", "RecordContext", "Route"]
+__all__ = ["Handler", "PartitionListener", "Processor", "RecordContext", "Route"]
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("stepbus.processor")
@@ -76,6 +78,16 @@ class Route:
     on_arrival: Callable[[Any], None] | None = None
 
 
+class PartitionListener(Protocol):
+    """Lets a service load and drop per-partition state as partitions move."""
+
+    async def assigned(self, committed: dict[TopicPartition, int | None]) -> None:
+        """Partitions now owned, with their committed offsets (None: nothing committed)."""
+
+    async def revoked(self, partitions: set[TopicPartition]) -> None:
+        """Partitions no longer owned; their records are finished or abandoned."""
+
+
 class Processor:
     """Consumes ``routes`` in ``group_id`` and publishes what handlers return.
 
@@ -92,6 +104,10 @@ class Processor:
         group_instance_id: Static membership id (stable pod name in Kubernetes).
         commit_interval: Seconds between offset commits.
         revoke_grace: Seconds a revoked partition's in-flight records get to finish.
+        listener: Told of partitions assigned (before their records are fetched) and revoked
+            (after their in-flight records finished or were cancelled).
+        payloads: Resolves claim checks (``EventPublisher.payloads``); without it, claims are
+            dead-lettered.
     """
 
     def __init__(
@@ -109,7 +125,8 @@ class Processor:
         group_instance_id: str | None = None,
         commit_interval: float = 0.5,
         revoke_grace: float = 5.0,
-        on_assigned: Callable[[set[TopicPartition]], Awaitable[None]] | None = None,
+        listener: PartitionListener | None = None,
+        payloads: PayloadStore | None = None,
     ) -> None:
         self.name = name
         self._routes = routes
@@ -120,7 +137,8 @@ class Processor:
         self._backoff = retry_backoff
         self._commit_interval = commit_interval
         self._revoke_grace = revoke_grace
-        self._on_assigned = on_assigned
+        self._listener = listener
+        self._payloads = payloads
         self._consumer = AIOKafkaConsumer(
             *routes,
             bootstrap_servers=bootstrap_servers,
@@ -186,11 +204,12 @@ class Processor:
     def _start(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         route = self._routes[record.topic]
         try:
-            decoded: Any = decode(route.adapter, record.value)
+            # A claim is fetched and decoded later, in its turn (``_handle``): fetching is async.
+            decoded: Any = claim_reference(record.value) or decode(route.adapter, record.value)
         except PermanentError as exc:
             decoded = exc
         else:
-            if route.on_arrival is not None:
+            if route.on_arrival is not None and not isinstance(decoded, PayloadRef):
                 route.on_arrival(decoded)
         task = self._enqueue(record.key, tp, self._run_record(tp, record, route, decoded))
         self._tasks.setdefault(tp, set()).add(task)
@@ -284,6 +303,8 @@ class Processor:
                 record.topic, record.partition, record.offset, key, attempt, self._max_attempts
             )
             try:
+                if isinstance(event, PayloadRef):  # fetch failures are retried like handlers
+                    event = decode(route.adapter, await self._fetch_payload(event))
                 return await route.handler(event, context)
             except PermanentError:
                 raise
@@ -300,8 +321,20 @@ class Processor:
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
         raise AssertionError("unreachable")
 
+    async def _fetch_payload(self, ref: PayloadRef) -> bytes:
+        if self._payloads is None:
+            raise ClaimCheckError(f"claim check {ref.id} received but {self.name} has no store")
+        return await self._payloads.fetch(ref)
+
     async def _publish(self, outputs: Sequence[Emit]) -> None:
-        """Publish until acknowledged: a record is not finished before its outputs are."""
+        """Publish until acknowledged: a record is not finished before its outputs are.
+
+        Deferred outputs (snapshots) go out only after all the others are acknowledged.
+        """
+        await self._publish_all([emit for emit in outputs if not emit.deferred])
+        await self._publish_all([emit for emit in outputs if emit.deferred])
+
+    async def _publish_all(self, outputs: Sequence[Emit]) -> None:
         delay = self._backoff[0]
         while True:
             try:
@@ -390,14 +423,17 @@ class Processor:
         for tp in revoked:
             self._offsets.pop(tp, None)
             self._tasks.pop(tp, None)
+        if self._listener is not None:
+            await self._listener.revoked(revoked)
 
     async def _partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         for tp in assigned:
             self._offsets.setdefault(tp, PartitionOffsets())
         if self._paused:
             self._consumer.pause(*assigned)
-        if self._on_assigned is not None:
-            await self._on_assigned(assigned)
+        if self._listener is not None:
+            committed = {tp: await self._consumer.committed(tp) for tp in assigned}
+            await self._listener.assigned(committed)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

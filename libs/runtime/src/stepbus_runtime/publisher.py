@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaProducer
 from stepbus_contracts import CloudEvent
 
+from .claimcheck import PayloadStore, claim_value
 from .codec import encode
 from .tracing import Headers, inject_context
 
@@ -22,6 +23,9 @@ class Emit:
     topic: str
     event: CloudEvent
     headers: tuple[tuple[str, bytes], ...] = field(default=())
+    deferred: bool = False
+    """Publish only once every non-deferred output of the same record is acknowledged (for
+    state snapshots: a snapshot on the log then proves the outputs before it are too)."""
 
 
 class EventPublisher:
@@ -31,10 +35,19 @@ class EventPublisher:
         bootstrap_servers: Kafka bootstrap servers, ``host:port[,host:port]``.
         client_id: Shown in broker logs and metrics.
         max_request_size: Largest record the producer sends, in bytes.
+        payloads_topic: The payloads topic (``Topics.payloads``); None disables claim checks.
+        claim_check_threshold: Encoded events longer than this, in bytes, are stored in the
+            payloads topic and published as a claim (see ``claimcheck``).
     """
 
     def __init__(
-        self, bootstrap_servers: str, client_id: str, max_request_size: int = 1_048_576
+        self,
+        bootstrap_servers: str,
+        client_id: str,
+        max_request_size: int = 1_048_576,
+        *,
+        payloads_topic: str | None = None,
+        claim_check_threshold: int = 256 * 1024,
     ) -> None:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
@@ -45,6 +58,13 @@ class EventPublisher:
             max_request_size=max_request_size,
             compression_type=None,
         )
+        self._claim_check_threshold = claim_check_threshold
+        self.payloads: PayloadStore | None = None
+        """The claim-check store (None when disabled); hand it to the ``Processor``."""
+        if payloads_topic is not None:
+            self.payloads = PayloadStore(
+                bootstrap_servers, payloads_topic, client_id=client_id, producer=self._producer
+            )
 
     async def start(self) -> None:
         """Connect to the cluster."""
@@ -52,12 +72,16 @@ class EventPublisher:
 
     async def stop(self) -> None:
         """Flush what is pending and disconnect."""
+        if self.payloads is not None:
+            await self.payloads.stop()
         await self._producer.stop()
 
     async def publish(self, emits: Sequence[Emit]) -> None:
         """Send every event and return once the broker has acknowledged all of them.
 
-        Trace context of the current span is added to each record's headers.
+        Trace context of the current span is added to each record's headers. An event whose
+        encoded form exceeds the claim-check threshold is stored in the payloads topic first
+        and published as a claim.
 
         Raises:
             aiokafka.errors.KafkaError: An event was not acknowledged; some may have been.
@@ -68,10 +92,13 @@ class EventPublisher:
         for emit in emits:
             headers: Headers = list(emit.headers)
             inject_context(headers)
+            value = encode(emit.event)
+            if self.payloads is not None and len(value) > self._claim_check_threshold:
+                value = claim_value(emit.event, await self.payloads.put(value))
             futures.append(
                 await self._producer.send(
                     emit.topic,
-                    value=encode(emit.event),
+                    value=value,
                     key=emit.event.subject.encode(),
                     headers=headers,
                 )

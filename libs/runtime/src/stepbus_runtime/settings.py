@@ -37,6 +37,14 @@ class ServiceSettings(BaseSettings):
     max_in_flight: int = Field(default=512, ge=1, description="Records in flight per replica.")
     max_attempts: int = Field(default=5, ge=1, description="Handler attempts before the DLQ.")
     metrics_host: str = Field(default="127.0.0.1", description="Address of /metrics, /readyz.")
+    claim_check_threshold_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        le=900 * 1024,
+        validation_alias=AliasChoices("STEPBUS_CLAIM_CHECK_THRESHOLD_BYTES"),
+        description="Encoded events above this size are stored in the payloads topic and "
+        "published as a claim check (Kafka's default record limit is about 1 MiB).",
+    )
 
     @property
     def topics(self) -> Topics:

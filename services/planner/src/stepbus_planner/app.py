@@ -1,6 +1,9 @@
-"""Wiring of the planner: LLM client, tool catalog, state store, processor."""
+"""Wiring of the planner: LLM client, tool catalog, task states, processor, deadline sweep."""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
 
 import openai
 from stepbus_contracts import history_adapter, tasks_adapter, utcnow
@@ -10,9 +13,22 @@ from .adapters.openai_chat import OpenAIChatModel
 from .catalog import ToolCatalog
 from .handlers import PlannerHandlers
 from .settings import PlannerSettings
-from .store import MemoryStateStore
+from .store import TaskStates
 
 __all__ = ["main"]
+
+
+async def sweep_deadlines(
+    processor: Processor, states: TaskStates, handlers: PlannerHandlers, every: float
+) -> None:
+    """End tasks whose deadline passed while nothing arrived for them (a tool never answered)."""
+    while True:
+        await asyncio.sleep(every)
+        now = utcnow()
+        for state in states.running():
+            if state.task is not None and now >= state.task.deadline_at:
+                task_id, tenant = state.task_id, state.tenant
+                processor.submit(task_id, lambda t=task_id, n=tenant: handlers.expire(t, n))
 
 
 async def main(settings: PlannerSettings | None = None) -> None:
@@ -27,9 +43,12 @@ async def main(settings: PlannerSettings | None = None) -> None:
         max_retries=settings.llm_max_retries,
     )
     catalog = ToolCatalog(settings.kafka_bootstrap_servers, topics.tool_catalog)
+    states = TaskStates(
+        settings.kafka_bootstrap_servers, topics.planner_history, topics.planner_snapshots
+    )
     handlers = PlannerHandlers(
         model=OpenAIChatModel(client, settings.model),
-        store=MemoryStateStore(),
+        store=states,
         catalog=catalog,
         topics=topics,
         max_attempts=settings.max_attempts,
@@ -43,7 +62,7 @@ async def main(settings: PlannerSettings | None = None) -> None:
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=f"{settings.topic_prefix}{settings.group_id}",
         routes={
-            topics.tasks: Route(tasks_adapter, handlers.on_task),
+            topics.tasks: Route(tasks_adapter, handlers.on_task, handlers.on_task_arrival),
             topics.planner_history: Route(history_adapter, handlers.on_history),
         },
         publisher=publisher,
@@ -51,9 +70,16 @@ async def main(settings: PlannerSettings | None = None) -> None:
         max_in_flight=settings.max_in_flight,
         max_attempts=settings.max_attempts,
         group_instance_id=settings.group_instance_id,
+        listener=states,
+    )
+    sweeper = asyncio.create_task(
+        sweep_deadlines(processor, states, handlers, settings.deadline_sweep_seconds)
     )
     try:
         await run_worker(settings, publisher, processor, settings.metrics_port, catalog.start)
     finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
         await catalog.stop()
         await client.close()

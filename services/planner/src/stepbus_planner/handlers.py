@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Literal
 
 from stepbus_contracts import (
     CloudEvent,
@@ -33,7 +35,7 @@ from stepbus_contracts import (
 from stepbus_runtime import Emit, RecordContext, RetryableError
 
 from .catalog import ToolCatalog
-from .ports import ChatModel, ModelError
+from .ports import ChatModel, ModelError, ModelTurn
 from .react import (
     SYSTEM_PROMPT,
     AskModel,
@@ -45,7 +47,7 @@ from .react import (
     next_move,
 )
 from .state import HistoryEventT, TaskState, fold
-from .store import StateStore
+from .store import TaskStates
 
 __all__ = ["PlannerHandlers"]
 
@@ -57,7 +59,7 @@ class PlannerHandlers:
 
     Args:
         model: The LLM.
-        store: Per-task state.
+        store: Per-task state of the owned partitions, with snapshots.
         catalog: Registered tools.
         topics: Topic names.
         max_attempts: The processor's attempts per record; the last failing LLM attempt fails
@@ -71,7 +73,7 @@ class PlannerHandlers:
         self,
         *,
         model: ChatModel,
-        store: StateStore,
+        store: TaskStates,
         catalog: ToolCatalog,
         topics: Topics,
         max_attempts: int,
@@ -87,6 +89,7 @@ class PlannerHandlers:
         self._tool_timeout = tool_timeout_seconds
         self._clock = clock
         self._system_prompt = system_prompt or SYSTEM_PROMPT
+        self._llm_calls: dict[str, asyncio.Future[ModelTurn]] = {}
 
     # -- tasks topic ----------------------------------------------------------------------
 
@@ -94,12 +97,13 @@ class PlannerHandlers:
         self, event: TaskSubmitted | TaskCancelRequested, context: RecordContext
     ) -> Sequence[Emit]:
         """Accept a submitted task, or cancel a running one."""
-        state = await self._store.get(event.subject, event.tenant)
+        state = self._store.get(event.subject, event.tenant)
         if isinstance(event, TaskCancelRequested):
             if state.ended or (state.task is None and state.submitted_id is None):
                 return []  # finished, or never submitted: nothing to cancel
-            return await self._end(
+            return self._end(
                 state,
+                context.partition,
                 TaskCancelled(
                     **_envelope(event, "cancelled"),
                     data=TaskCancelledData(reason=event.data.reason, steps=len(state.decisions)),
@@ -117,8 +121,9 @@ class PlannerHandlers:
             raise RetryableError(f"unknown tools {unknown}; waiting for the tool catalog")
         if unknown:
             known = ", ".join(sorted(self._catalog.names())) or "none"
-            return await self._end(
+            return self._end(
                 state,
+                context.partition,
                 TaskFailed(
                     **_envelope(event, "invalid"),
                     data=TaskFailedData(
@@ -142,44 +147,90 @@ class PlannerHandlers:
                 model=self._model.model,
             ),
         )
-        await self._store.put(state.model_copy(update={"submitted_id": event.id}))
-        return [Emit(self._topics.planner_history, accepted)]
+        snapshot = self._store.put(
+            state.model_copy(update={"submitted_id": event.id}), context.partition
+        )
+        return [Emit(self._topics.planner_history, accepted), snapshot]
+
+    def on_task_arrival(self, event: TaskSubmitted | TaskCancelRequested) -> None:
+        """A cancellation interrupts the task's running LLM call at once (not after it)."""
+        if isinstance(event, TaskCancelRequested):
+            call = self._llm_calls.get(event.subject)
+            if call is not None:
+                call.cancel()
 
     # -- planner.history ------------------------------------------------------------------
 
     async def on_history(self, event: HistoryEventT, context: RecordContext) -> Sequence[Emit]:
         """Fold a journal event into the task's state and make the next move."""
-        state, changed = fold(await self._store.get(event.subject, event.tenant), event)
+        state, changed = fold(self._store.get(event.subject, event.tenant), event)
         if not changed:
             return []  # duplicate, or the task already ended
         outputs = [Emit(self._topics.results, p) for p in _progress(event)]
         move = next_move(state, event, self._clock())
         if isinstance(move, AskModel):
             decided = await self._ask_model(state, event, move.step, context)
-            if isinstance(decided, LlmDecided):
+            if decided == "interrupted":
+                return []  # by a cancellation, which is handled next
+            if isinstance(decided, TaskFailed):
+                return [*outputs, *self._end(state, context.partition, decided)]
+            if isinstance(decided, LlmDecided):  # else "recorded": on the journal already
                 outputs.append(Emit(self._topics.planner_history, decided))
-            else:
-                return [*outputs, *await self._end(state, decided)]
         elif isinstance(move, Dispatch):
             outputs.extend(self._dispatch(state, event, move))
         elif isinstance(move, Finish | Fail):
-            return [*outputs, *await self._end(state, self._terminal(state, event, move))]
-        await self._store.put(state)
-        return outputs
+            terminal = self._terminal(state, event, move)
+            return [*outputs, *self._end(state, context.partition, terminal)]
+        return [*outputs, self._store.put(state, context.partition)]
+
+    async def expire(self, task_id: str, tenant: str) -> Sequence[Emit]:
+        """End a task whose deadline passed while it waited (e.g. on a tool that never answers)."""
+        state = self._store.get(task_id, tenant)
+        if state.task is None or state.ended or self._clock() < state.task.deadline_at:
+            return []
+        cause = TaskAccepted(
+            id=state.task.submitted_id, subject=task_id, tenant=tenant, data=state.task
+        )
+        message = f"deadline passed at {state.task.deadline_at.isoformat()}"
+        return self._end(state, None, self._terminal(state, cause, Fail("deadline", message)))
 
     async def _ask_model(
         self, state: TaskState, cause: CloudEvent, step: int, context: RecordContext
-    ) -> LlmDecided | TaskFailed:
+    ) -> LlmDecided | TaskFailed | Literal["interrupted", "recorded"]:
+        """The model's decision for ``step``, or why there is none to publish.
+
+        ``"recorded"``: the decision is already on the journal further down (found when this
+        replica took over the partition after a crash) and arrives there as an event; the
+        model is not asked again. ``"interrupted"``: a cancellation stopped the call.
+        """
         assert state.task is not None
+        if self._store.recorded_decision(state.task_id, step):
+            return "recorded"
         started = time.perf_counter()
-        try:
-            turn = await self._model.complete(
+        remaining = (state.task.deadline_at - self._clock()).total_seconds()
+        call = asyncio.ensure_future(
+            self._model.complete(
                 conversation(state, self._system_prompt), self._catalog.specs(state.task.tools)
             )
+        )
+        self._llm_calls[state.task_id] = call
+        try:
+            turn = await asyncio.wait_for(call, timeout=max(remaining, 0.001))
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this handler itself is being cancelled (shutdown, rebalance)
+            return "interrupted"
+        except TimeoutError:
+            message = f"deadline passed at {state.task.deadline_at.isoformat()} during step {step}"
+            return self._terminal(state, cause, Fail("deadline", message))
         except ModelError as exc:
-            if exc.retryable and context.attempt < self._max_attempts:
+            if exc.retryable and not context.last_attempt:
                 raise RetryableError(str(exc)) from exc
             return self._terminal(state, cause, Fail("llm_error", f"the model failed: {exc}"))
+        finally:
+            if self._llm_calls.get(state.task_id) is call:
+                del self._llm_calls[state.task_id]
         decision = decision_from_turn(step, turn, (time.perf_counter() - started) * 1000)
         return LlmDecided(**_envelope(cause, "decided", step), data=decision)
 
@@ -241,8 +292,11 @@ class PlannerHandlers:
             ),
         )
 
-    async def _end(
-        self, state: TaskState, terminal: TaskCompleted | TaskFailed | TaskCancelled
+    def _end(
+        self,
+        state: TaskState,
+        partition: int | None,
+        terminal: TaskCompleted | TaskFailed | TaskCancelled,
     ) -> list[Emit]:
         """Publish the terminal event to the journal and the results, and end the task here.
 
@@ -250,8 +304,12 @@ class PlannerHandlers:
         late tool outcome) can produce a second terminal event.
         """
         ended, _ = fold(state, terminal)
-        await self._store.put(ended)
-        return [Emit(self._topics.planner_history, terminal), Emit(self._topics.results, terminal)]
+        snapshot = self._store.put(ended, partition)
+        return [
+            Emit(self._topics.planner_history, terminal),
+            Emit(self._topics.results, terminal),
+            snapshot,
+        ]
 
 
 def _envelope(cause: CloudEvent, *parts: object) -> dict[str, object]:

@@ -37,3 +37,6 @@ class PlannerSettings(ServiceSettings):
     )
     tool_timeout_seconds: float = Field(default=30.0, gt=0, description="Per tool call.")
     system_prompt: str | None = Field(default=None, description="Overrides the system prompt.")
+    deadline_sweep_seconds: float = Field(
+        default=1.0, gt=0, description="How often tasks waiting past their deadline are ended."
+    )

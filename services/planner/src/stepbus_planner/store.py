@@ -1,36 +1,177 @@
-"""Where the planner keeps each task's folded state between events."""
+"""Per-task planner state: in memory for the partitions this replica owns, durable in a
+compacted snapshot topic, restored when partitions are assigned.
+
+A snapshot is written after the outputs of the record that produced it are acknowledged (the
+processor publishes it deferred), and offsets are committed only after that, so restoring the
+snapshots of a partition and replaying its journal from the committed offset rebuilds exactly
+the state the previous owner had — without reading the whole journal. Redis is not involved:
+flushing it cannot lose planner state.
+
+On assignment the store also reads the journal from the committed offset to its current end
+and remembers the LLM decisions it finds: a record redelivered after a crash may ask for a
+step the previous owner already recorded further down the journal, and that decision is reused
+instead of asking the model again.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+import logging
+from collections.abc import Iterator
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import ValidationError
+from stepbus_contracts import (
+    LlmDecided,
+    LlmDecidedData,
+    StateSnapshot,
+    StateSnapshotData,
+    derive_id,
+    history_adapter,
+    snapshot_adapter,
+)
+from stepbus_runtime import Emit
 
 from .state import TaskState
 
-__all__ = ["MemoryStateStore", "StateStore"]
+__all__ = ["STATE_VERSION", "TaskStates"]
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
 
 
-class StateStore(Protocol):
-    """Per-task planner state."""
+class TaskStates:
+    """The states of the tasks whose partitions this replica owns.
 
-    async def get(self, task_id: str, tenant: str) -> TaskState:
-        """The task's state (an empty state for a task never seen)."""
-        ...
+    Args:
+        bootstrap_servers: Kafka bootstrap servers.
+        history_topic: The planner's journal (its partitions drive ownership).
+        snapshots_topic: The compacted snapshot topic, co-partitioned with the journal.
+    """
 
-    async def put(self, state: TaskState) -> None:
-        """Replace the task's state."""
-        ...
-
-
-class MemoryStateStore:
-    """States in process memory (lost on restart; the history is the truth)."""
-
-    def __init__(self) -> None:
+    def __init__(self, bootstrap_servers: str, history_topic: str, snapshots_topic: str) -> None:
+        self._bootstrap = bootstrap_servers
+        self._history = history_topic
+        self._snapshots = snapshots_topic
         self._states: dict[str, TaskState] = {}
+        self._partition: dict[str, int] = {}
+        self._recorded: dict[tuple[str, int], LlmDecidedData] = {}
 
-    async def get(self, task_id: str, tenant: str) -> TaskState:
+    # -- state ---------------------------------------------------------------------------
+
+    def get(self, task_id: str, tenant: str) -> TaskState:
         """The task's state (an empty state for a task never seen)."""
         return self._states.get(task_id) or TaskState(task_id=task_id, tenant=tenant)
 
-    async def put(self, state: TaskState) -> None:
-        """Replace the task's state."""
+    def put(self, state: TaskState, partition: int | None) -> Emit:
+        """Keep the new state and return its snapshot, to be published deferred."""
+        if state.ended:  # ended tasks keep only what recognises late or duplicate events
+            state = TaskState(task_id=state.task_id, tenant=state.tenant, terminal=state.terminal)
+            for key in [k for k in self._recorded if k[0] == state.task_id]:
+                del self._recorded[key]
         self._states[state.task_id] = state
+        if partition is not None:
+            self._partition[state.task_id] = partition
+        snapshot = StateSnapshot(
+            id=derive_id(state.task_id, "snapshot", state.model_dump_json()),
+            source="urn:stepbus:planner",
+            subject=state.task_id,
+            tenant=state.tenant,
+            data=StateSnapshotData(
+                service="planner", version=STATE_VERSION, state=state.model_dump(mode="json")
+            ),
+        )
+        return Emit(self._snapshots, snapshot, deferred=True)
+
+    def running(self) -> Iterator[TaskState]:
+        """Tasks accepted and not ended."""
+        return (s for s in list(self._states.values()) if s.task is not None and not s.ended)
+
+    def recorded_decision(self, task_id: str, step: int) -> bool:
+        """True when a decision for ``step`` is on the journal past the committed offset."""
+        return self._recorded.pop((task_id, step), None) is not None
+
+    # -- partitions (stepbus_runtime.PartitionListener) ---------------------------------------
+
+    async def assigned(self, committed: dict[TopicPartition, int | None]) -> None:
+        """Restore the snapshots of the journal partitions now owned, and their recent tail."""
+        history = {
+            tp.partition: offset for tp, offset in committed.items() if tp.topic == self._history
+        }
+        if not history:
+            return
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            snapshots = [TopicPartition(self._snapshots, p) for p in history]
+            restored = 0
+            for record in await _read_to_end(consumer, snapshots, {}):
+                restored += self._restore(record.value, record.partition)
+            tail = [TopicPartition(self._history, p) for p in history]
+            starts = {tp: history[tp.partition] for tp in tail}
+            decisions = 0
+            for record in await _read_to_end(consumer, tail, starts):
+                decisions += self._remember(record.value)
+        finally:
+            await consumer.stop()
+        log.info(
+            "partitions %s: restored %d task states, %d recorded decisions in the tail",
+            sorted(history), restored, decisions,
+        )  # fmt: skip
+
+    async def revoked(self, partitions: set[TopicPartition]) -> None:
+        """Forget the tasks of journal partitions no longer owned (their new owner restores)."""
+        lost = {tp.partition for tp in partitions if tp.topic == self._history}
+        for task_id in [t for t, p in self._partition.items() if p in lost]:
+            self._states.pop(task_id, None)
+            del self._partition[task_id]
+        for key in [k for k in self._recorded if self._partition.get(k[0]) is None]:
+            del self._recorded[key]
+
+    def _restore(self, value: bytes | None, partition: int) -> int:
+        if value is None:
+            return 0
+        try:
+            snapshot = snapshot_adapter.validate_json(value)
+            if snapshot.data.version != STATE_VERSION:
+                raise ValueError(f"unknown state version {snapshot.data.version}")
+            state = TaskState.model_validate(snapshot.data.state)
+        except (ValidationError, ValueError) as exc:
+            log.error("unreadable snapshot skipped: %s", exc)
+            return 0
+        self._states[state.task_id] = state
+        self._partition[state.task_id] = partition
+        return 1
+
+    def _remember(self, value: bytes | None) -> int:
+        try:
+            event = history_adapter.validate_json(value or b"")
+        except ValidationError:
+            return 0
+        if not isinstance(event, LlmDecided):
+            return 0
+        self._recorded.setdefault((event.subject, event.data.step), event.data)
+        return 1
+
+
+async def _read_to_end(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], starts: dict[TopicPartition, int | None]
+) -> list[object]:
+    """Every record of ``tps`` from ``starts`` (default: the beginning) to the current end."""
+    consumer.assign(tps)
+    ends = await consumer.end_offsets(tps)
+    begins = await consumer.beginning_offsets(tps)
+    records: list[object] = []
+    pending = []
+    for tp in tps:
+        start = starts.get(tp)
+        start = begins[tp] if start is None else max(start, begins[tp])
+        if start < ends[tp]:
+            consumer.seek(tp, start)
+            pending.append(tp)
+    while pending:
+        batches = await consumer.getmany(*pending, timeout_ms=500)
+        for batch in batches.values():
+            records.extend(batch)
+        pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
+    return records

@@ -1,0 +1,242 @@
+"""Claim check: events too big for one Kafka record are stored aside and referenced.
+
+Kafka refuses records above ``max.message.bytes`` (about 1 MiB by default), and invariant 8
+forbids truncating. So the publisher stores the full encoded event of a big event in the
+``payloads`` topic, split into chunks of at most 512 KiB that share one key (hence one
+partition), and publishes a small *claim* in its place: the same CloudEvents attributes, no
+``data``, and the extension attribute ``claimcheck`` holding the reference::
+
+    {"specversion": "1.0", "type": "stepbus.tool.call_completed", "source": "urn:stepbus",
+     "id": "...", "subject": "task-42", "time": "...", "tenant": "acme",
+     "claimcheck": {"id": "9f...", "topic": "stepbus.payloads", "partition": 3,
+                    "offsets": [120, 121, 122, 123, 124, 125], "size": 3145728,
+                    "sha256": "..."}}
+
+The processor resolves claims before decoding, so handlers never see them; other readers call
+``PayloadStore.resolve``. Payloads are kept as long as the topics that reference them (7 days):
+a claim read after that fails with ``ClaimCheckError`` and is dead-lettered, never truncated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from stepbus_contracts import CloudEvent
+
+from .errors import PermanentError, RetryableError
+
+__all__ = [
+    "CHUNK_BYTES",
+    "ClaimCheckError",
+    "PayloadRef",
+    "PayloadStore",
+    "claim_reference",
+    "claim_value",
+]
+
+CHUNK_BYTES = 512 * 1024
+"""Largest chunk of a stored payload: well under Kafka's default 1 MiB record limit."""
+
+_CLAIM_ATTRIBUTES = {"specversion", "type", "source", "id", "subject", "time", "tenant"}
+
+
+class ClaimCheckError(PermanentError):
+    """A claimed payload cannot be read back (expired, missing or corrupt): dead-letter it."""
+
+
+class PayloadRef(BaseModel):
+    """Where a stored payload lives: the value of a claim's ``claimcheck`` attribute."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    id: str = Field(min_length=1, description="Payload id; the key of every chunk record.")
+    topic: str = Field(min_length=1, description="The payloads topic.")
+    partition: int = Field(ge=0, description="The partition holding every chunk.")
+    offsets: list[int] = Field(min_length=1, description="Offsets of the chunks, in order.")
+    size: int = Field(ge=0, description="Payload length in bytes.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the payload.")
+
+
+def claim_value(event: CloudEvent, ref: PayloadRef) -> bytes:
+    """The record value published instead of ``event``: its attributes and the reference."""
+    attributes = event.model_dump(mode="json", include=_CLAIM_ATTRIBUTES)
+    return json.dumps({**attributes, "claimcheck": ref.model_dump(mode="json")}).encode()
+
+
+def claim_reference(value: bytes | None) -> PayloadRef | None:
+    """The reference of a claim record, or None for any other record value.
+
+    Raises:
+        ClaimCheckError: The value is a claim but its reference is malformed.
+    """
+    if not value or b'"claimcheck"' not in value:  # cheap test before parsing
+        return None
+    try:
+        claim = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(claim, dict) or "claimcheck" not in claim or "data" in claim:
+        return None
+    try:
+        return PayloadRef.model_validate(claim["claimcheck"])
+    except ValidationError as exc:
+        raise ClaimCheckError(f"malformed claim check reference: {exc.errors()[:3]}") from None
+
+
+class PayloadStore:
+    """Stores payloads as chunk records in the ``payloads`` topic and reads them back.
+
+    Reads use a consumer of its own, without a group (assign and seek), started on the first
+    fetch and shared by fetches one at a time.
+
+    Args:
+        bootstrap_servers: Kafka bootstrap servers.
+        topic: The payloads topic (``Topics.payloads``).
+        client_id: Shown in broker logs.
+        producer: An idempotent ``acks=all`` producer to reuse (the publisher's); when None
+            the store creates, starts and stops its own.
+        fetch_timeout: Seconds a fetch may take before it fails as retryable.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        *,
+        client_id: str = "stepbus-payloads",
+        producer: AIOKafkaProducer | None = None,
+        fetch_timeout: float = 30.0,
+    ) -> None:
+        self.topic = topic
+        self._owns_producer = producer is None
+        self._producer = producer or AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=0,
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            client_id=f"{client_id}-reader",
+            enable_auto_commit=False,
+            auto_offset_reset="none",  # an expired offset must fail, not skip to other data
+        )
+        self._consumer_started = False
+        self._reading = asyncio.Lock()
+        self._fetch_timeout = fetch_timeout
+
+    async def start(self) -> None:
+        """Start the store's own producer, if it has one."""
+        if self._owns_producer:
+            await self._producer.start()
+
+    async def stop(self) -> None:
+        """Stop what the store started."""
+        if self._consumer_started:
+            await self._consumer.stop()
+            self._consumer_started = False
+        if self._owns_producer:
+            await self._producer.stop()
+
+    async def put(self, payload: bytes) -> PayloadRef:
+        """Store ``payload`` and return its reference once every chunk is acknowledged."""
+        payload_id = uuid.uuid4().hex
+        chunks = [payload[i : i + CHUNK_BYTES] for i in range(0, len(payload), CHUNK_BYTES)]
+        chunks = chunks or [b""]
+        futures = []
+        for index, chunk in enumerate(chunks):
+            futures.append(
+                await self._producer.send(
+                    self.topic,
+                    value=chunk,
+                    key=payload_id.encode(),
+                    headers=[("stepbus.payload.chunk", f"{index}/{len(chunks)}".encode())],
+                )
+            )
+        written = await asyncio.gather(*futures)
+        if len({meta.partition for meta in written}) != 1:  # partitions added mid-put
+            raise RetryableError(f"chunks of payload {payload_id} landed on several partitions")
+        return PayloadRef(
+            id=payload_id,
+            topic=self.topic,
+            partition=written[0].partition,
+            offsets=[meta.offset for meta in written],
+            size=len(payload),
+            sha256=hashlib.sha256(payload).hexdigest(),
+        )
+
+    async def fetch(self, ref: PayloadRef) -> bytes:
+        """Read a stored payload back and verify it.
+
+        Raises:
+            ClaimCheckError: The payload expired, is missing, or does not match its reference.
+            RetryableError: The chunks did not arrive within ``fetch_timeout``.
+        """
+        if ref.topic != self.topic:
+            raise ClaimCheckError(
+                f"claim check points to topic {ref.topic!r}, not the payloads topic {self.topic!r}"
+            )
+        async with self._reading:
+            try:
+                chunks = await asyncio.wait_for(self._read(ref), self._fetch_timeout)
+            except TimeoutError:
+                raise RetryableError(
+                    f"payload {ref.id} not read within {self._fetch_timeout}s"
+                ) from None
+        payload = b"".join(chunks[offset] for offset in ref.offsets)
+        if len(payload) != ref.size or hashlib.sha256(payload).hexdigest() != ref.sha256:
+            raise ClaimCheckError(
+                f"payload {ref.id} is corrupt: {len(payload)} bytes read, sha256 does not "
+                f"match the reference ({ref.size} bytes)"
+            )
+        return payload
+
+    async def resolve(self, value: bytes | None) -> bytes | None:
+        """``value`` itself, or the stored payload when ``value`` is a claim."""
+        ref = claim_reference(value)
+        return value if ref is None else await self.fetch(ref)
+
+    async def _read(self, ref: PayloadRef) -> dict[int, bytes]:
+        if not self._consumer_started:
+            await self._consumer.start()
+            self._consumer_started = True
+        tp = TopicPartition(ref.topic, ref.partition)
+        self._consumer.assign([tp])
+        first, last = min(ref.offsets), max(ref.offsets)
+        start = (await self._consumer.beginning_offsets([tp]))[tp]
+        end = (await self._consumer.end_offsets([tp]))[tp]
+        if first < start:
+            raise ClaimCheckError(
+                f"payload {ref.id} expired: {tp.topic}[{tp.partition}] now starts at offset "
+                f"{start}, the payload was at {first} (retention of the payloads topic)"
+            )
+        if last >= end:
+            raise ClaimCheckError(
+                f"payload {ref.id} missing: {tp.topic}[{tp.partition}] ends before offset {last}"
+            )
+        self._consumer.seek(tp, first)
+        wanted = set(ref.offsets)
+        chunks: dict[int, bytes] = {}
+        while await self._consumer.position(tp) <= last:
+            try:
+                batches = await self._consumer.getmany(tp, timeout_ms=500)
+            except OffsetOutOfRangeError:
+                raise ClaimCheckError(f"payload {ref.id} expired while being read") from None
+            for record in batches.get(tp, []):
+                if record.offset not in wanted:
+                    continue
+                if record.key != ref.id.encode():
+                    raise ClaimCheckError(
+                        f"payload {ref.id} missing: offset {record.offset} holds another payload"
+                    )
+                chunks[record.offset] = record.value or b""
+        if missing := wanted - set(chunks):
+            raise ClaimCheckError(f"payload {ref.id} missing: no chunks at offsets {missing}")
+        return chunks
