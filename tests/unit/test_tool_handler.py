@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
-from redis.exceptions import ConnectionError as RedisConnectionError
 from stepbus_contracts import (
     ToolCallCompleted,
     ToolCallFailed,
@@ -18,7 +18,9 @@ from stepbus_contracts import (
     derive_id,
 )
 from stepbus_runtime import RecordContext
+from stepbus_tool_executor.audit import ExecutionLog
 from stepbus_tool_executor.handlers import ToolCallHandler
+from stepbus_tool_executor.ledger import Ledger
 from stepbus_tool_executor.registry import Tool, ToolRegistry, builtin_registry
 
 TOPICS = Topics("t.")
@@ -27,37 +29,9 @@ TENANT = "acme"
 MAX_ATTEMPTS = 3
 
 
-class MemoryLedger:
-    """RedisLedger's behaviour in memory: JSON round trip, first record wins (SET NX)."""
-
-    def __init__(self) -> None:
-        self.entries: dict[str, str] = {}
-
-    async def recorded(self, idempotency_key: str) -> dict[str, Any] | None:
-        raw = self.entries.get(idempotency_key)
-        return json.loads(raw) if raw else None
-
-    async def record(self, idempotency_key: str, outcome: dict[str, Any]) -> None:
-        self.entries.setdefault(idempotency_key, json.dumps(outcome))
-
-
-class DownLedger(MemoryLedger):
-    """A ledger whose Redis is unreachable."""
-
-    async def recorded(self, idempotency_key: str) -> dict[str, Any] | None:
-        raise RedisConnectionError("Connection refused")
-
-
-class RacedLedger(MemoryLedger):
-    """Another delivery of the same call records its outcome between our check and our write."""
-
-    def __init__(self, rival: dict[str, Any]) -> None:
-        super().__init__()
-        self._rival = rival
-
-    async def record(self, idempotency_key: str, outcome: dict[str, Any]) -> None:
-        self.entries.setdefault(idempotency_key, json.dumps(self._rival))
-        await super().record(idempotency_key, outcome)
+def new_ledger() -> Ledger:
+    """The real ledger, used in memory (it only talks to Kafka when partitions are assigned)."""
+    return Ledger("127.0.0.1:1", TOPICS.tool_calls, TOPICS.tool_ledger)
 
 
 class Counted:
@@ -105,20 +79,28 @@ def context(attempt: int = 1) -> RecordContext:
     return RecordContext(TOPICS.tool_calls, 0, 0, TASK, attempt, MAX_ATTEMPTS)
 
 
-def handler(registry: ToolRegistry | None = None, ledger: MemoryLedger | None = None) -> Any:
+def handler(
+    registry: ToolRegistry | None = None,
+    ledger: Ledger | None = None,
+    executions: ExecutionLog | None = None,
+) -> Any:
     return ToolCallHandler(
-        registry or builtin_registry(),
-        ledger or MemoryLedger(),  # type: ignore[arg-type]
-        TOPICS,
+        registry or builtin_registry(), ledger or new_ledger(), TOPICS, executions
     )
 
 
 async def outcome(
     call: ToolCallHandler, cmd: ToolCallRequested, attempt: int = 1
 ) -> ToolCallCompleted | ToolCallFailed:
-    [emit] = await call(cmd, context(attempt))
+    emits = await call(cmd, context(attempt))
+    *ledger_entries, emit = emits
     assert emit.topic == TOPICS.planner_history
     assert isinstance(emit.event, ToolCallCompleted | ToolCallFailed)
+    if ledger_entries:  # a real run: recorded first, its outcome deferred until that is acked
+        [entry] = ledger_entries
+        assert entry.topic == TOPICS.tool_ledger and not entry.deferred and emit.deferred
+    else:  # a replay records nothing new
+        assert not emit.deferred
     return emit.event
 
 
@@ -139,10 +121,35 @@ async def test_a_successful_call_reports_its_output_on_the_history() -> None:
 
 
 async def test_the_outcome_is_recorded_in_the_ledger_under_the_idempotency_key() -> None:
-    ledger = MemoryLedger()
+    ledger = new_ledger()
     await outcome(handler(ledger=ledger), command())
-    recorded = await ledger.recorded(f"{TASK}:0:0")
+    recorded = ledger.recorded(TASK, f"{TASK}:0:0")
     assert recorded is not None and recorded["output"] == "391"
+
+
+async def test_a_ledger_loaded_from_its_topic_replays_without_running() -> None:
+    first = new_ledger()
+    emits = await handler(ledger=first)(command(), context())
+    entry = emits[0].event.model_dump_json().encode()
+
+    restarted = new_ledger()  # another replica, after the first one crashed
+    assert restarted._load(TASK.encode(), entry, partition=0) == 1
+    counted = Counted()
+    again = await outcome(handler(counted.registry, restarted), command())
+    assert isinstance(again, ToolCallCompleted)
+    assert (again.data.output, again.data.replayed) == ("391", True)
+    assert counted.runs == []
+
+
+async def test_every_real_execution_is_written_to_the_execution_log(tmp_path: Path) -> None:
+    log_path = tmp_path / "executions.jsonl"
+    call = handler(executions=ExecutionLog(str(log_path)))
+    await outcome(call, command())
+    await outcome(call, command())  # replayed: not executed again
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert [(line["idempotency_key"], line["tool"]) for line in lines] == [
+        (f"{TASK}:0:0", "calculator")
+    ]
 
 
 async def test_a_redelivered_call_replays_the_recorded_outcome_without_running_again() -> None:
@@ -178,15 +185,6 @@ async def test_calls_with_different_keys_each_run() -> None:
     assert isinstance(second, ToolCallCompleted)
     assert (second.data.output, second.data.replayed) == ("1024", False)
     assert counted.runs == [f"{TASK}:0:0", f"{TASK}:0:1"]
-
-
-async def test_when_another_delivery_records_first_its_outcome_wins() -> None:
-    ledger = RacedLedger({"output": "from the other delivery", "duration_ms": 1.0})
-    event = await outcome(handler(ledger=ledger), command())
-
-    assert isinstance(event, ToolCallCompleted)
-    assert event.data.output == "from the other delivery"
-    assert event.data.replayed is True
 
 
 # -- failures ---------------------------------------------------------------------------------
@@ -244,22 +242,14 @@ async def test_a_tool_over_its_time_limit_is_reported_as_a_timeout() -> None:
     assert event.data.error_type == "timeout"
 
 
-async def test_an_unreachable_ledger_raises_so_the_processor_retries() -> None:
-    counted = Counted()
-    call = handler(counted.registry, DownLedger())
-    with pytest.raises(RedisConnectionError):
-        await call(command(), context(attempt=MAX_ATTEMPTS - 1))
-    assert counted.runs == []
+async def test_a_crashing_tool_is_retried_before_the_last_attempt() -> None:
+    async def broken(arguments: dict[str, Any], idempotency_key: str) -> str:
+        raise RuntimeError("boom")
 
-
-async def test_an_unreachable_ledger_on_the_last_attempt_reports_unavailable() -> None:
-    counted = Counted()
-    event = await outcome(handler(counted.registry, DownLedger()), command(), MAX_ATTEMPTS)
-
-    assert isinstance(event, ToolCallFailed)
-    assert event.data.error_type == "unavailable"
-    assert event.data.idempotency_key == f"{TASK}:0:0"
-    assert counted.runs == []
+    registry = ToolRegistry()
+    registry.add(Tool(name="broken", description="", parameters={}, run=broken))
+    with pytest.raises(RuntimeError, match="boom"):
+        await handler(registry)(command(name="broken"), context(attempt=1))
 
 
 async def test_a_crashing_tool_on_the_last_attempt_reports_a_tool_error() -> None:
@@ -294,5 +284,5 @@ async def test_the_outcome_id_is_derived_from_the_command_id() -> None:
 
 
 async def test_a_failure_id_is_derived_from_the_command_id_as_well() -> None:
-    event = await outcome(handler(ledger=DownLedger()), command(command_id="cmd-9"), MAX_ATTEMPTS)
+    event = await outcome(handler(), command(name="shell", command_id="cmd-9"), MAX_ATTEMPTS)
     assert event.id == derive_id("cmd-9", "outcome")

@@ -53,6 +53,17 @@ _SPECS: tuple[TopicSpec, ...] = (
         configs={"retention.ms": str(7 * _DAY_MS)},
     ),
     TopicSpec(
+        "tool.ledger",
+        "The tool-executor's idempotency ledger: every outcome of a task (key = task id), "
+        "compacted, co-partitioned with tool.calls.",
+        configs={
+            "cleanup.policy": "compact,delete",
+            "retention.ms": str(7 * _DAY_MS),
+            "segment.ms": str(60 * 60 * 1000),
+            "min.cleanable.dirty.ratio": "0.2",
+        },
+    ),
+    TopicSpec(
         "tool.catalog",
         "The tools the executors offer, one record per tool (key = tool name), compacted.",
         partitions=1,
@@ -112,6 +123,11 @@ class Topics:
     def tool_calls(self) -> str:
         """Commands to the tool-executor."""
         return self.name("tool.calls")
+
+    @property
+    def tool_ledger(self) -> str:
+        """The tool-executor's compacted idempotency ledger."""
+        return self.name("tool.ledger")
 
     @property
     def tool_catalog(self) -> str:

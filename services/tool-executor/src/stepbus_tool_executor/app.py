@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
 from stepbus_contracts import ToolRegistered, ToolRegisteredData, tool_calls_adapter
 from stepbus_runtime import (
     Emit,
@@ -13,8 +12,9 @@ from stepbus_runtime import (
     setup_telemetry,
 )
 
+from .audit import ExecutionLog
 from .handlers import ToolCallHandler
-from .ledger import RedisLedger
+from .ledger import Ledger
 from .registry import ToolRegistry, builtin_registry
 from .settings import ToolExecutorSettings
 
@@ -44,27 +44,28 @@ async def main(settings: ToolExecutorSettings | None = None) -> None:
     setup_telemetry("tool-executor")
     topics = settings.topics
     registry = builtin_registry()
-    redis = Redis.from_url(settings.redis_url)
-    ledger = RedisLedger(redis, settings.topic_prefix, settings.ledger_ttl_seconds)
+    ledger = Ledger(
+        settings.kafka_bootstrap_servers,
+        topics.tool_calls,
+        topics.tool_ledger,
+        max_tasks=settings.ledger_max_tasks,
+    )
+    handler = ToolCallHandler(registry, ledger, topics, ExecutionLog(settings.execution_log))
     publisher = EventPublisher(settings.kafka_bootstrap_servers, "stepbus-tool-executor")
     processor = Processor(
         name="tool-executor",
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=f"{settings.topic_prefix}{settings.group_id}",
-        routes={
-            topics.tool_calls: Route(tool_calls_adapter, ToolCallHandler(registry, ledger, topics))
-        },
+        routes={topics.tool_calls: Route(tool_calls_adapter, handler)},
         publisher=publisher,
         dlq_topic=topics.dlq,
         max_in_flight=settings.max_in_flight,
         max_attempts=settings.max_attempts,
         group_instance_id=settings.group_instance_id,
+        listener=ledger,
     )
 
     async def announce() -> None:
         await publisher.publish(catalog_events(registry, topics.tool_catalog))
 
-    try:
-        await run_worker(settings, publisher, processor, settings.metrics_port, on_started=announce)
-    finally:
-        await redis.aclose()
+    await run_worker(settings, publisher, processor, settings.metrics_port, on_started=announce)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from redis.exceptions import RedisError
 from stepbus_contracts import (
     CloudEvent,
     ToolCallCompleted,
@@ -19,7 +19,8 @@ from stepbus_contracts import (
 )
 from stepbus_runtime import Emit, RecordContext
 
-from .ledger import RedisLedger
+from .audit import ExecutionLog
+from .ledger import Ledger
 from .registry import ToolInputError, ToolRegistry
 
 __all__ = ["ToolCallHandler"]
@@ -30,37 +31,42 @@ _SOURCE = "urn:stepbus:tool-executor"
 class ToolCallHandler:
     """Runs one tool call per command, at most once per idempotency key."""
 
-    def __init__(self, registry: ToolRegistry, ledger: RedisLedger, topics: Topics) -> None:
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        ledger: Ledger,
+        topics: Topics,
+        executions: ExecutionLog | None = None,
+    ) -> None:
         self._registry = registry
         self._ledger = ledger
         self._topics = topics
+        self._executions = executions or ExecutionLog(None)
 
     async def __call__(self, command: ToolCallRequested, context: RecordContext) -> Sequence[Emit]:
-        """Run the call (or replay its recorded outcome) and report it."""
-        call = command.data
-        try:
-            recorded = await self._ledger.recorded(call.idempotency_key)
-            if recorded is not None:
-                return [self._emit(command, recorded, replayed=True)]
-            outcome = await self._run(command, context)
-            await self._ledger.record(call.idempotency_key, outcome)
-            # The first recorded outcome wins, even if another delivery raced this one.
-            winner = await self._ledger.recorded(call.idempotency_key) or outcome
-        except RedisError as exc:
-            if not context.last_attempt:
-                raise  # the processor retries with backoff
-            # Give the planner (and the model) an answer rather than leave the task waiting.
-            failure = _failure(f"tool executor unavailable: {exc}", "unavailable")
-            return [self._emit(command, failure, replayed=False)]
-        return [self._emit(command, winner, replayed=winner != outcome)]
+        """Run the call (or replay its recorded outcome) and report it.
 
-    async def _run(self, command: ToolCallRequested, context: RecordContext) -> dict[str, object]:
+        The ledger record goes out first; the outcome event is deferred until it is
+        acknowledged, so an outcome on the journal always has its ledger entry.
+        """
+        call = command.data
+        recorded = self._ledger.recorded(command.subject, call.idempotency_key)
+        if recorded is not None:
+            return [self._emit(command, recorded, replayed=True)]
+        outcome = await self._run(command, context)
+        entry = self._ledger.record(
+            command.subject, command.tenant, call.idempotency_key, outcome, context.partition
+        )
+        return [entry, self._emit(command, outcome, replayed=False)]
+
+    async def _run(self, command: ToolCallRequested, context: RecordContext) -> dict[str, Any]:
         call = command.data
         tool = self._registry.get(call.name)
         started = time.perf_counter()
         if tool is None:
             known = ", ".join(sorted(self._registry.tools)) or "none"
             return _failure(f"unknown tool {call.name!r}; available: {known}", "unknown_tool")
+        self._executions.executed(call.idempotency_key, call.name)
         try:
             output = await asyncio.wait_for(
                 tool.run(call.arguments, call.idempotency_key), timeout=call.timeout_seconds
@@ -75,7 +81,7 @@ class ToolCallHandler:
             return _failure(f"{type(exc).__name__}: {exc}", "tool_error")
         return {"output": output, "duration_ms": (time.perf_counter() - started) * 1000}
 
-    def _emit(self, command: ToolCallRequested, outcome: dict[str, object], replayed: bool) -> Emit:
+    def _emit(self, command: ToolCallRequested, outcome: dict[str, Any], replayed: bool) -> Emit:
         call = command.data
         ref = {
             "step": call.step,
@@ -83,32 +89,32 @@ class ToolCallHandler:
             "name": call.name,
             "idempotency_key": call.idempotency_key,
         }
+        envelope = {
+            "id": derive_id(command.id, "outcome"),
+            "source": _SOURCE,
+            "subject": command.subject,
+            "tenant": command.tenant,
+        }
         event: CloudEvent
         if "error" in outcome:
             event = ToolCallFailed(
-                id=derive_id(command.id, "outcome"),
-                source=_SOURCE,
-                subject=command.subject,
-                tenant=command.tenant,
+                **envelope,
                 data=ToolCallFailedData(
                     **ref, error=str(outcome["error"]), error_type=str(outcome["error_type"])
                 ),
             )
         else:
             event = ToolCallCompleted(
-                id=derive_id(command.id, "outcome"),
-                source=_SOURCE,
-                subject=command.subject,
-                tenant=command.tenant,
+                **envelope,
                 data=ToolCallCompletedData(
                     **ref,
                     output=str(outcome["output"]),
-                    duration_ms=float(outcome.get("duration_ms", 0.0)),  # type: ignore[arg-type]
+                    duration_ms=float(outcome.get("duration_ms", 0.0)),
                     replayed=replayed,
                 ),
             )
-        return Emit(self._topics.planner_history, event)
+        return Emit(self._topics.planner_history, event, deferred=not replayed)
 
 
-def _failure(error: str, error_type: str) -> dict[str, object]:
+def _failure(error: str, error_type: str) -> dict[str, Any]:
     return {"error": error, "error_type": error_type}

@@ -1,33 +1,141 @@
-"""The idempotency ledger: a tool call's result recorded under ``task_id:step:call_index``."""
+"""The idempotency ledger: each tool call's outcome under ``task_id:step:call_index``.
+
+The ledger lives where nothing can flush it: a compacted topic, co-partitioned with
+``tool.calls`` (record key = task id, value = every outcome of that task so far), so the
+replica that owns a ``tool.calls`` partition owns the matching ledger partition. It is read
+into memory when partitions are assigned; a redelivered call then returns the recorded
+outcome instead of running again.
+
+The ledger record of an outcome is published before the outcome event (the processor
+publishes the event deferred), so an outcome on the journal always has its ledger entry.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections import OrderedDict
 from typing import Any
 
-from redis.asyncio import Redis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import ValidationError
+from stepbus_contracts import CloudEvent, EventData, derive_id
+from stepbus_runtime import Emit
 
-__all__ = ["RedisLedger"]
+__all__ = ["Ledger", "LedgerEntries", "LedgerRecord"]
+
+log = logging.getLogger(__name__)
 
 
-class RedisLedger:
-    """Records tool outcomes in Redis so a redelivered call returns the recorded result."""
+class LedgerEntries(EventData):
+    """Every recorded outcome of one task, by idempotency key."""
 
-    def __init__(self, redis: Redis, prefix: str, ttl_seconds: int) -> None:
-        self._redis = redis
-        self._prefix = prefix
-        self._ttl = ttl_seconds
+    outcomes: dict[str, dict[str, Any]]
 
-    def _key(self, idempotency_key: str) -> str:
-        return f"{self._prefix}ledger:{idempotency_key}"
 
-    async def recorded(self, idempotency_key: str) -> dict[str, Any] | None:
+class LedgerRecord(CloudEvent):
+    """The ledger of the task named by ``subject``."""
+
+    type: str = "stepbus.tool.ledger"
+    data: LedgerEntries
+
+
+class Ledger:
+    """Outcomes of the tasks on the owned ``tool.calls`` partitions.
+
+    Args:
+        bootstrap_servers: Kafka bootstrap servers.
+        calls_topic: The ``tool.calls`` topic (its partitions drive ownership).
+        ledger_topic: The compacted ledger topic, co-partitioned with ``tool.calls``.
+        max_tasks: Tasks kept in memory; the least recently used are dropped first (their
+            calls were committed long ago and are not redelivered).
+    """
+
+    def __init__(
+        self, bootstrap_servers: str, calls_topic: str, ledger_topic: str, max_tasks: int = 100_000
+    ) -> None:
+        self._bootstrap = bootstrap_servers
+        self._calls = calls_topic
+        self._topic = ledger_topic
+        self._max_tasks = max_tasks
+        self._tasks: OrderedDict[str, dict[str, dict[str, Any]]] = OrderedDict()
+        self._partition: dict[str, int] = {}
+
+    def recorded(self, task_id: str, idempotency_key: str) -> dict[str, Any] | None:
         """The outcome recorded for the key, if any."""
-        raw = await self._redis.get(self._key(idempotency_key))
-        return json.loads(raw) if raw else None
+        return self._tasks.get(task_id, {}).get(idempotency_key)
 
-    async def record(self, idempotency_key: str, outcome: dict[str, Any]) -> None:
-        """Record an outcome; the first one recorded wins."""
-        await self._redis.set(
-            self._key(idempotency_key), json.dumps(outcome), nx=True, ex=self._ttl
+    def record(
+        self,
+        task_id: str,
+        tenant: str,
+        idempotency_key: str,
+        outcome: dict[str, Any],
+        partition: int,
+    ) -> Emit:
+        """Record an outcome (the first one recorded wins) and return its ledger record."""
+        outcomes = self._tasks.setdefault(task_id, {})
+        outcomes.setdefault(idempotency_key, outcome)
+        self._tasks.move_to_end(task_id)
+        self._partition[task_id] = partition
+        while len(self._tasks) > self._max_tasks:
+            evicted, _ = self._tasks.popitem(last=False)
+            self._partition.pop(evicted, None)
+        entry = LedgerRecord(
+            id=derive_id(task_id, "ledger", *sorted(outcomes)),
+            source="urn:stepbus:tool-executor",
+            subject=task_id,
+            tenant=tenant,
+            data=LedgerEntries(outcomes=outcomes),
         )
+        return Emit(self._topic, entry)
+
+    # -- partitions (stepbus_runtime.PartitionListener) ---------------------------------------
+
+    async def assigned(self, committed: dict[TopicPartition, int | None]) -> None:
+        """Load the ledger partitions matching the ``tool.calls`` partitions now owned."""
+        partitions = [
+            TopicPartition(self._topic, tp.partition) for tp in committed if tp.topic == self._calls
+        ]
+        if not partitions:
+            return
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        loaded = 0
+        try:
+            consumer.assign(partitions)
+            ends = await consumer.end_offsets(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            pending = [tp for tp in partitions if await consumer.position(tp) < ends[tp]]
+            while pending:
+                for tp, records in (await consumer.getmany(*pending, timeout_ms=500)).items():
+                    for record in records:
+                        loaded += self._load(record.key, record.value, tp.partition)
+                pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
+        finally:
+            await consumer.stop()
+        log.info(
+            "ledger partitions %s loaded: %d tasks", [tp.partition for tp in partitions], loaded
+        )
+
+    async def revoked(self, partitions: set[TopicPartition]) -> None:
+        """Forget tasks of partitions no longer owned (their new owner loads them)."""
+        lost = {tp.partition for tp in partitions if tp.topic == self._calls}
+        for task_id in [t for t, p in self._partition.items() if p in lost]:
+            self._tasks.pop(task_id, None)
+            del self._partition[task_id]
+
+    def _load(self, key: bytes | None, value: bytes | None, partition: int) -> int:
+        if key is None or value is None:
+            return 0
+        try:
+            outcomes = json.loads(value)["data"]["outcomes"]
+        except (ValueError, KeyError, TypeError, ValidationError):
+            log.error("unreadable ledger record for %r skipped", key)
+            return 0
+        task_id = key.decode()
+        merged = self._tasks.setdefault(task_id, {})
+        for idempotency_key, outcome in outcomes.items():
+            merged.setdefault(idempotency_key, outcome)
+        self._partition[task_id] = partition
+        return 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 from stepbus_runtime import ServiceSettings
 
@@ -15,12 +15,11 @@ class ToolExecutorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="STEPBUS_TOOL_EXECUTOR_", extra="ignore")
 
     metrics_port: int = Field(default=9102, description="Port of /metrics and /readyz.")
-    redis_url: str = Field(
-        default="redis://127.0.0.1:6379/0",
-        validation_alias=AliasChoices("REDIS_URL", "STEPBUS_TOOL_EXECUTOR_REDIS_URL"),
-        description="Redis holding the idempotency ledger.",
+    execution_log: str | None = Field(
+        default=None,
+        description="File to append one JSON line to per real tool execution (audit).",
     )
-    ledger_ttl_seconds: int = Field(
-        default=7 * 24 * 3600, description="How long a tool result is kept in the ledger."
+    ledger_max_tasks: int = Field(
+        default=100_000, ge=1, description="Tasks whose ledger is kept in memory."
     )
     group_id: str = Field(default="stepbus-tool-executor", description="Consumer group.")
