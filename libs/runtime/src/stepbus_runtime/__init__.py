@@ -1,6 +1,7 @@
 """What stepbus services share at run time: the Kafka processor, settings and telemetry."""
 
 from .admin import ensure_topics, topic_partitions
+from .claimcheck import ClaimCheckError, PayloadRef, PayloadStore
 from .codec import decode, encode
 from .errors import DecodeError, PermanentError, RetryableError, StepbusError
 from .health import serve_health
@@ -12,11 +13,14 @@ from .tracing import extract_context, inject_context
 from .worker import run_worker
 
 __all__ = [
+    "ClaimCheckError",
     "DecodeError",
     "Emit",
     "EventPublisher",
     "Handler",
     "PartitionListener",
+    "PayloadRef",
+    "PayloadStore",
     "PermanentError",
     "Processor",
     "RecordContext",

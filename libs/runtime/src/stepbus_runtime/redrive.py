@@ -155,7 +155,10 @@ async def redrive(
     select = select or RedriveFilter()
     report = RedriveReport(mode)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, client_id="stepbus-redrive", enable_auto_commit=False
+        bootstrap_servers=bootstrap_servers,
+        client_id="stepbus-redrive",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
     )
     publisher = EventPublisher(bootstrap_servers, "stepbus-redrive")
     await consumer.start()
@@ -216,9 +219,11 @@ async def _read_to_end(
     if not partitions:
         raise RuntimeError(f"topic {topic!r} does not exist")
     consumer.assign(partitions)
+    start: dict[TopicPartition, int] = await consumer.beginning_offsets(partitions)
     end: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
-    await consumer.seek_to_beginning(*partitions)
-    remaining = {tp for tp in partitions if await consumer.position(tp) < end[tp]}
+    for tp in partitions:
+        consumer.seek(tp, start[tp])
+    remaining = {tp for tp in partitions if start[tp] < end[tp]}
     while remaining:
         batches = await consumer.getmany(*remaining, timeout_ms=500)
         for tp, records in batches.items():
