@@ -21,6 +21,7 @@ class Stack:
     bootstrap: str
     services: dict[str, ServiceProcess]
     gateway_url: str | None
+    redis_url: str
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
         for service in services:  # in order: the planner reads the catalog the executor wrote
             service.start()
             await service.wait_ready()
-        yield Stack(topics, kafka_bootstrap, {s.name: s for s in services}, gateway_url)
+        yield Stack(topics, kafka_bootstrap, {s.name: s for s in services}, gateway_url, redis_url)
     finally:
         for service in reversed(services):
             service.stop()

@@ -30,7 +30,12 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
         )
         async with contextlib.AsyncExitStack() as stack:
             client_id = f"stepbus-gateway-{settings.instance_id}"
-            publisher = EventPublisher(settings.kafka_bootstrap_servers, client_id=client_id)
+            publisher = EventPublisher(
+                settings.kafka_bootstrap_servers,
+                client_id=client_id,
+                payloads_topic=settings.topics.payloads,
+                claim_check_threshold=settings.claim_check_threshold_bytes,
+            )
             await publisher.start()
             stack.push_async_callback(publisher.stop)
             redis = Redis.from_url(settings.redis_url, decode_responses=True)
@@ -43,6 +48,7 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
                 group_id=settings.feed_group_id,
                 projection=projection,
                 subscribers=subscribers,
+                payloads=publisher.payloads,
             )
             await feed.start()
             stack.push_async_callback(feed.stop)

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 from stepbus_contracts import results_adapter
-from stepbus_runtime import DecodeError, decode
+from stepbus_runtime import DecodeError, PayloadStore, decode
 from stepbus_runtime.metrics import RECORDS
 
 from .projection import ResultEvent, TaskProjection
@@ -109,6 +109,7 @@ class ResultsFeed:
         group_id: This replica's consumer group.
         projection: Where events are folded.
         subscribers: Who receives them live.
+        payloads: Resolves results published as claim checks (big outputs).
     """
 
     def __init__(
@@ -119,7 +120,9 @@ class ResultsFeed:
         group_id: str,
         projection: TaskProjection,
         subscribers: Subscribers,
+        payloads: PayloadStore | None = None,
     ) -> None:
+        self._payloads = payloads
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
@@ -175,8 +178,11 @@ class ResultsFeed:
                         self._consumer.seek(tp, records[0].offset)
 
     async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        value = record.value
+        if self._payloads is not None:
+            value = await self._payloads.resolve(value)  # a failed fetch re-reads the batch
         try:
-            event: ResultEvent = decode(results_adapter, record.value)
+            event: ResultEvent = decode(results_adapter, value)
         except DecodeError as exc:
             log.warning(
                 "skipping undecodable record %s[%d]@%d: %s",

@@ -43,8 +43,17 @@ async def main(settings: PlannerSettings | None = None) -> None:
         max_retries=settings.llm_max_retries,
     )
     catalog = ToolCatalog(settings.kafka_bootstrap_servers, topics.tool_catalog)
+    publisher = EventPublisher(
+        settings.kafka_bootstrap_servers,
+        "stepbus-planner",
+        payloads_topic=topics.payloads,
+        claim_check_threshold=settings.claim_check_threshold_bytes,
+    )
     states = TaskStates(
-        settings.kafka_bootstrap_servers, topics.planner_history, topics.planner_snapshots
+        settings.kafka_bootstrap_servers,
+        topics.planner_history,
+        topics.planner_snapshots,
+        payloads=publisher.payloads,
     )
     handlers = PlannerHandlers(
         model=OpenAIChatModel(client, settings.model),
@@ -56,7 +65,6 @@ async def main(settings: PlannerSettings | None = None) -> None:
         clock=utcnow,
         system_prompt=settings.system_prompt,
     )
-    publisher = EventPublisher(settings.kafka_bootstrap_servers, "stepbus-planner")
     processor = Processor(
         name="planner",
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -71,6 +79,7 @@ async def main(settings: PlannerSettings | None = None) -> None:
         max_attempts=settings.max_attempts,
         group_instance_id=settings.group_instance_id,
         listener=states,
+        payloads=publisher.payloads,
     )
     sweeper = asyncio.create_task(
         sweep_deadlines(processor, states, handlers, settings.deadline_sweep_seconds)

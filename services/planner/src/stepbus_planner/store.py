@@ -29,7 +29,7 @@ from stepbus_contracts import (
     history_adapter,
     snapshot_adapter,
 )
-from stepbus_runtime import Emit
+from stepbus_runtime import Emit, PayloadStore, read_to_end
 
 from .state import TaskState
 
@@ -47,10 +47,18 @@ class TaskStates:
         bootstrap_servers: Kafka bootstrap servers.
         history_topic: The planner's journal (its partitions drive ownership).
         snapshots_topic: The compacted snapshot topic, co-partitioned with the journal.
+        payloads: Resolves records published as claim checks (big states or decisions).
     """
 
-    def __init__(self, bootstrap_servers: str, history_topic: str, snapshots_topic: str) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        history_topic: str,
+        snapshots_topic: str,
+        payloads: PayloadStore | None = None,
+    ) -> None:
         self._bootstrap = bootstrap_servers
+        self._payloads = payloads
         self._history = history_topic
         self._snapshots = snapshots_topic
         self._states: dict[str, TaskState] = {}
@@ -105,13 +113,13 @@ class TaskStates:
         try:
             snapshots = [TopicPartition(self._snapshots, p) for p in history]
             restored = 0
-            for record in await _read_to_end(consumer, snapshots, {}):
-                restored += self._restore(record.value, record.partition)
+            for record in await read_to_end(consumer, snapshots):
+                restored += self._restore(await self._resolve(record.value), record.partition)
             tail = [TopicPartition(self._history, p) for p in history]
             starts = {tp: history[tp.partition] for tp in tail}
             decisions = 0
-            for record in await _read_to_end(consumer, tail, starts):
-                decisions += self._remember(record.value)
+            for record in await read_to_end(consumer, tail, starts):
+                decisions += self._remember(await self._resolve(record.value))
         finally:
             await consumer.stop()
         log.info(
@@ -127,6 +135,9 @@ class TaskStates:
             del self._partition[task_id]
         for key in [k for k in self._recorded if self._partition.get(k[0]) is None]:
             del self._recorded[key]
+
+    async def _resolve(self, value: bytes | None) -> bytes | None:
+        return value if self._payloads is None else await self._payloads.resolve(value)
 
     def _restore(self, value: bytes | None, partition: int) -> int:
         if value is None:
@@ -152,26 +163,3 @@ class TaskStates:
             return 0
         self._recorded.setdefault((event.subject, event.data.step), event.data)
         return 1
-
-
-async def _read_to_end(
-    consumer: AIOKafkaConsumer, tps: list[TopicPartition], starts: dict[TopicPartition, int | None]
-) -> list[object]:
-    """Every record of ``tps`` from ``starts`` (default: the beginning) to the current end."""
-    consumer.assign(tps)
-    ends = await consumer.end_offsets(tps)
-    begins = await consumer.beginning_offsets(tps)
-    records: list[object] = []
-    pending = []
-    for tp in tps:
-        start = starts.get(tp)
-        start = begins[tp] if start is None else max(start, begins[tp])
-        if start < ends[tp]:
-            consumer.seek(tp, start)
-            pending.append(tp)
-    while pending:
-        batches = await consumer.getmany(*pending, timeout_ms=500)
-        for batch in batches.values():
-            records.extend(batch)
-        pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
-    return records

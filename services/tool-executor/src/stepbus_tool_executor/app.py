@@ -44,14 +44,20 @@ async def main(settings: ToolExecutorSettings | None = None) -> None:
     setup_telemetry("tool-executor")
     topics = settings.topics
     registry = builtin_registry()
+    publisher = EventPublisher(
+        settings.kafka_bootstrap_servers,
+        "stepbus-tool-executor",
+        payloads_topic=topics.payloads,
+        claim_check_threshold=settings.claim_check_threshold_bytes,
+    )
     ledger = Ledger(
         settings.kafka_bootstrap_servers,
         topics.tool_calls,
         topics.tool_ledger,
         max_tasks=settings.ledger_max_tasks,
+        payloads=publisher.payloads,
     )
     handler = ToolCallHandler(registry, ledger, topics, ExecutionLog(settings.execution_log))
-    publisher = EventPublisher(settings.kafka_bootstrap_servers, "stepbus-tool-executor")
     processor = Processor(
         name="tool-executor",
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -63,6 +69,7 @@ async def main(settings: ToolExecutorSettings | None = None) -> None:
         max_attempts=settings.max_attempts,
         group_instance_id=settings.group_instance_id,
         listener=ledger,
+        payloads=publisher.payloads,
     )
 
     async def announce() -> None:

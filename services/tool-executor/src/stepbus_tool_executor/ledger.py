@@ -20,7 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 from stepbus_contracts import CloudEvent, EventData, derive_id
-from stepbus_runtime import Emit
+from stepbus_runtime import Emit, PayloadStore, read_to_end
 
 __all__ = ["Ledger", "LedgerEntries", "LedgerRecord"]
 
@@ -49,12 +49,19 @@ class Ledger:
         ledger_topic: The compacted ledger topic, co-partitioned with ``tool.calls``.
         max_tasks: Tasks kept in memory; the least recently used are dropped first (their
             calls were committed long ago and are not redelivered).
+        payloads: Resolves ledger records published as claim checks (tasks with big outputs).
     """
 
     def __init__(
-        self, bootstrap_servers: str, calls_topic: str, ledger_topic: str, max_tasks: int = 100_000
+        self,
+        bootstrap_servers: str,
+        calls_topic: str,
+        ledger_topic: str,
+        max_tasks: int = 100_000,
+        payloads: PayloadStore | None = None,
     ) -> None:
         self._bootstrap = bootstrap_servers
+        self._payloads = payloads
         self._calls = calls_topic
         self._topic = ledger_topic
         self._max_tasks = max_tasks
@@ -103,15 +110,9 @@ class Ledger:
         await consumer.start()
         loaded = 0
         try:
-            consumer.assign(partitions)
-            ends = await consumer.end_offsets(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            pending = [tp for tp in partitions if await consumer.position(tp) < ends[tp]]
-            while pending:
-                for tp, records in (await consumer.getmany(*pending, timeout_ms=500)).items():
-                    for record in records:
-                        loaded += self._load(record.key, record.value, tp.partition)
-                pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
+            for record in await read_to_end(consumer, partitions):
+                value = await self._resolve(record.value)
+                loaded += self._load(record.key, value, record.partition)
         finally:
             await consumer.stop()
         log.info(
@@ -124,6 +125,9 @@ class Ledger:
         for task_id in [t for t, p in self._partition.items() if p in lost]:
             self._tasks.pop(task_id, None)
             del self._partition[task_id]
+
+    async def _resolve(self, value: bytes | None) -> bytes | None:
+        return value if self._payloads is None else await self._payloads.resolve(value)
 
     def _load(self, key: bytes | None, value: bytes | None, partition: int) -> int:
         if key is None or value is None:
