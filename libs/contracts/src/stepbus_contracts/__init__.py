@@ -2,6 +2,7 @@
 
 from .catalog import (
     HistoryEvent,
+    JournalEvent,
     ResultEvent,
     TaskInputEvent,
     TerminalEvent,
@@ -56,6 +57,7 @@ __all__ = [
     "EventData",
     "FailureReason",
     "HistoryEvent",
+    "JournalEvent",
     "LlmDecided",
     "LlmDecidedData",
     "PlannedToolCall",

@@ -14,6 +14,7 @@ from .tools import ToolCallCompleted, ToolCallFailed, ToolCallRequested, ToolReg
 
 __all__ = [
     "HistoryEvent",
+    "JournalEvent",
     "ResultEvent",
     "TaskInputEvent",
     "TerminalEvent",
@@ -32,16 +33,18 @@ TaskInputEvent = Annotated[TaskSubmitted | TaskCancelRequested, Field(discrimina
 TerminalEvent = TaskCompleted | TaskFailed | TaskCancelled
 """The events that end a task; exactly one per task reaches ``results``."""
 
-HistoryEvent = Annotated[
+JournalEvent = (
     TaskAccepted
     | LlmDecided
     | ToolCallCompleted
     | ToolCallFailed
     | TaskCompleted
     | TaskFailed
-    | TaskCancelled,
-    Field(discriminator="type"),
-]
+    | TaskCancelled
+)
+"""Any event of ``planner.history`` (a plain union, for ``isinstance`` and annotations)."""
+
+HistoryEvent = Annotated[JournalEvent, Field(discriminator="type")]
 """What ``planner.history`` holds: a task's journal."""
 
 ToolCommand = Annotated[ToolCallRequested, Field(discriminator="type")]
@@ -53,15 +56,7 @@ ResultEvent = Annotated[
 """What ``results`` holds."""
 
 tasks_adapter: TypeAdapter[TaskSubmitted | TaskCancelRequested] = TypeAdapter(TaskInputEvent)
-history_adapter: TypeAdapter[
-    TaskAccepted
-    | LlmDecided
-    | ToolCallCompleted
-    | ToolCallFailed
-    | TaskCompleted
-    | TaskFailed
-    | TaskCancelled
-] = TypeAdapter(HistoryEvent)
+history_adapter: TypeAdapter[JournalEvent] = TypeAdapter(HistoryEvent)
 tool_calls_adapter: TypeAdapter[ToolCallRequested] = TypeAdapter(ToolCommand)
 results_adapter: TypeAdapter[TaskProgress | TaskCompleted | TaskFailed | TaskCancelled] = (
     TypeAdapter(ResultEvent)

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 from stepbus_contracts import (
+    JournalEvent,
     LlmDecided,
     LlmDecidedData,
     TaskAccepted,
     TaskAcceptedData,
-    TaskCancelled,
-    TaskCompleted,
-    TaskFailed,
     TokenUsage,
     ToolCallCompleted,
     ToolCallCompletedData,
@@ -25,15 +23,7 @@ from stepbus_contracts import (
 
 __all__ = ["HistoryEventT", "TaskState", "fold"]
 
-HistoryEventT = (
-    TaskAccepted
-    | LlmDecided
-    | ToolCallCompleted
-    | ToolCallFailed
-    | TaskCompleted
-    | TaskFailed
-    | TaskCancelled
-)
+HistoryEventT = JournalEvent
 
 
 class TaskState(BaseModel):
