@@ -51,7 +51,10 @@ schemas: deps
 	$(PY) -m stepbus_contracts.schema schemas
 
 bench: up
-	$(PY) -m stepbus_devtools.bench
+	$(PY) -m stepbus_devtools.bench $(BENCH_ARGS)
+
+chaos: up
+	$(PY) -m stepbus_devtools.chaos $(CHAOS_ARGS)
 
 clean: down
 	rm -rf .stepbus/kafka .stepbus/redis .stepbus/logs .stepbus/run

@@ -1,16 +1,24 @@
-"""``make bench``: what orchestration through Kafka costs per ReAct step.
+"""``make bench``: what orchestration through Kafka costs per ReAct step, and throughput.
 
 Against the running local stack (``make up``; the scripted model at zero latency unless
 ``STEPBUS_SCRIPTED_LLM_LATENCY_MS`` says otherwise) it
 
 1. runs multi-step tasks one after another and, from each task's journal, measures every
    ReAct step's wall time and its orchestration overhead (wall time minus the model's and the
-   tool's own time), and
-2. measures a raw aiokafka produce→consume round trip (acks=all) on the same broker,
+   tool's own time),
+2. measures a raw aiokafka produce→consume round trip (acks=all) on the same broker, and
+   prints p50/p99 of both and their ratio, then
+3. throughput: submits ``--throughput-tasks`` tasks of 3 tool steps (4 LLM calls each, the
+   model answering in 200 ms: ``[latency=200]`` in the input) all at once to the one replica
+   of each service, and prints tasks/s, LLM steps/s, p50/p99 task latency (submit → terminal
+   event), the wall time for all of them, how many completed or failed, and the peak memory
+   (``VmHWM``) of every stack process.
 
-then prints p50/p99 of both and their ratio.
+The topic prefix is ``STEPBUS_TOPIC_PREFIX``, else the one the running planner was started
+with (``make chaos`` leaves the stack on its own prefix).
 
     python -m stepbus_devtools.bench [--tasks 30] [--steps 5] [--round-trips 300]
+        [--throughput-tasks 1000] [--skip-throughput | --only-throughput]
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import os
 import statistics
 import time
 import uuid
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +38,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from stepbus_contracts import TaskSubmitted, TaskSubmittedData, Topics
 from stepbus_runtime import topic_partitions
+
+from stepbus_devtools import stack
 
 TERMINAL = ("stepbus.task.completed", "stepbus.task.failed", "stepbus.task.cancelled")
 
@@ -169,24 +180,214 @@ def _row(name: str, values: list[float]) -> str:
     )
 
 
+def _throughput_task(index: int, steps: int, latency_ms: int) -> tuple[str, str]:
+    """An input with ``steps`` calculator steps, and its expected output."""
+    expressions, results = [], []
+    for step in range(steps):
+        a, b = index + 2 + step, 7 + step
+        op = "*+-"[step % 3]
+        expressions.append(f"{a}{op}{b}")
+        results.append(str(a * b if op == "*" else a + b if op == "+" else a - b))
+    text = "Compute " + ", then ".join(expressions) + f" [latency={latency_ms}]"
+    return text, results[0] if steps == 1 else "Results: " + ", ".join(results)
+
+
+async def throughput(
+    bootstrap: str, topics: Topics, count: int, steps: int, latency_ms: int, wait_seconds: float
+) -> dict[str, Any]:
+    """Submit ``count`` tasks at once; collect each one's terminal event on ``results``."""
+    run = uuid.uuid4().hex[:8]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    tps = await topic_partitions(bootstrap, topics.results)
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:  # resolve positions now, before any task is submitted
+        await consumer.position(tp)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5
+    )
+    await producer.start()
+    expected: dict[str, str] = {}
+    submitted: dict[str, float] = {}
+    ends: dict[str, tuple[float, dict[str, Any]]] = {}
+    try:
+        records = []
+        for index in range(count):
+            task_id = f"tput-{run}-{index:05d}"
+            text, expected[task_id] = _throughput_task(index, steps, latency_ms)
+            event = TaskSubmitted(
+                source="urn:stepbus:bench",
+                subject=task_id,
+                data=TaskSubmittedData(
+                    input=text,
+                    tools=["calculator"],
+                    max_iterations=steps + 2,
+                    deadline_seconds=max(300.0, 2 * wait_seconds),
+                ),
+            )
+            records.append((task_id, event.model_dump_json().encode()))
+        cpu_before = _cpu_seconds()
+        first = time.time()
+        futures = []
+        for task_id, value in records:
+            submitted[task_id] = time.time()
+            futures.append(await producer.send(topics.tasks, value, key=task_id.encode()))
+        await asyncio.gather(*futures)
+        submit_seconds = time.time() - first
+        print(f"  {count} tasks submitted in {submit_seconds:.2f}s; waiting for their results")
+        deadline = time.monotonic() + wait_seconds
+        next_note = time.monotonic() + 10
+        while len(ends) < count and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            for batch in batches.values():
+                for record in batch:
+                    event = json.loads(record.value)
+                    subject = event.get("subject")
+                    if subject in submitted and event["type"] in TERMINAL and subject not in ends:
+                        ends[subject] = (record.timestamp / 1000, event)
+            if time.monotonic() >= next_note:
+                next_note += 10
+                print(f"  +{time.time() - first:6.1f}s {len(ends)}/{count} tasks ended")
+        cpu_after = _cpu_seconds()
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return {
+        "cpu_before": cpu_before,
+        "cpu_after": cpu_after,
+        "first": first,
+        "submit_seconds": submit_seconds,
+        "submitted": submitted,
+        "expected": expected,
+        "ends": ends,
+    }
+
+
+def _memory(pid: int) -> tuple[float, float] | None:
+    """(VmHWM, VmRSS) of a process in MiB."""
+    try:
+        lines = open(f"/proc/{pid}/status").read().splitlines()
+    except OSError:
+        return None
+    values = {}
+    for line in lines:
+        name, _, rest = line.partition(":")
+        if name in ("VmHWM", "VmRSS"):
+            values[name] = int(rest.split()[0]) / 1024  # kB
+    if len(values) != 2:
+        return None
+    return values["VmHWM"], values["VmRSS"]
+
+
+def _cpu_seconds() -> dict[str, float]:
+    """User + system CPU seconds so far of every running stack process."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in stack.status().items():
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except (OSError, TypeError):
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return out
+
+
+def _print_throughput(result: dict[str, Any], args: argparse.Namespace) -> None:
+    ends = result["ends"]
+    submitted = result["submitted"]
+    expected = result["expected"]
+    count = len(submitted)
+    completed = [t for t, (_, e) in ends.items() if e["type"] == "stepbus.task.completed"]
+    wrong = [t for t in completed if ends[t][1]["data"].get("output") != expected[t]]
+    failed = Counter(
+        e["data"].get("reason", "?") for _, e in ends.values() if e["type"] == "stepbus.task.failed"
+    )
+    latencies = [(ends[t][0] - submitted[t]) * 1000 for t in ends]
+    last = max((at for at, _ in ends.values()), default=result["first"])
+    wall = max(last - result["first"], 1e-9)
+    llm_steps = sum(int(e["data"].get("steps", 0)) for _, e in ends.values())
+    print(
+        f"throughput: {count} tasks x {args.throughput_steps} tool steps "
+        f"({args.throughput_steps + 1} LLM calls each), model latency "
+        f"{args.throughput_latency} ms, all submitted at once "
+        f"(in {result['submit_seconds']:.2f}s), one replica of each service"
+    )
+    print(
+        f"  completed {len(completed)} ({len(wrong)} with a wrong output), "
+        f"failed {sum(failed.values())}{' ' + str(dict(failed)) if failed else ''}, "
+        f"not ended {count - len(ends)} (timeout {args.throughput_timeout:.0f}s)"
+    )
+    print(f"  wall time, first submit -> last terminal event  {wall:8.1f} s")
+    print(f"  tasks/s (completed / wall time)                 {len(completed) / wall:8.1f}")
+    print(f"  LLM steps/s (steps of ended tasks / wall time)  {llm_steps / wall:8.1f}")
+    if latencies:
+        print(
+            f"  task latency, submit -> terminal event         "
+            f"p50 {percentile(latencies, 50) / 1000:7.2f} s   "
+            f"p99 {percentile(latencies, 99) / 1000:7.2f} s   "
+            f"(min {min(latencies) / 1000:.2f} s; model time alone "
+            f"{(args.throughput_steps + 1) * args.throughput_latency / 1000:.2f} s)"
+        )
+    print("  peak memory of each stack process (VmHWM; VmRSS now; CPU used during the run):")
+    cpu_before, cpu_after = result["cpu_before"], result["cpu_after"]
+    for name, pid in stack.status().items():
+        memory = _memory(pid) if pid else None
+        if memory is None:
+            print(f"    {name:<14} n/a (not running under stepbus's pid files)")
+            continue
+        cpu = ""
+        if name in cpu_before and name in cpu_after:
+            used = cpu_after[name] - cpu_before[name]
+            cpu = f", CPU {used:.1f}s = {100 * used / wall:.0f}% of one core"
+        print(f"    {name:<14} pid {pid:<8} {memory[0]:8.1f} MiB   ({memory[1]:.1f} MiB now{cpu})")
+
+
+def _running_prefix() -> str:
+    """``STEPBUS_TOPIC_PREFIX``, else the running planner's, else the default."""
+    if os.environ.get("STEPBUS_TOPIC_PREFIX"):
+        return os.environ["STEPBUS_TOPIC_PREFIX"]
+    pid = stack.status().get("planner")
+    if pid:
+        try:
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            environ = []
+        for entry in environ:
+            if entry.startswith(b"STEPBUS_TOPIC_PREFIX="):
+                return entry.split(b"=", 1)[1].decode()
+    return "stepbus."
+
+
 async def run(args: argparse.Namespace) -> None:
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-    topics = Topics(os.environ.get("STEPBUS_TOPIC_PREFIX", "stepbus."))
+    topics = Topics(_running_prefix())
     print(f"stepbus bench on {bootstrap} (topics {topics.prefix}*)")
-    react = await react_steps(bootstrap, topics, args.tasks, args.steps)
-    rtt = await round_trips(bootstrap, args.round_trips)
-    print(f"ReAct steps: {args.tasks} tasks x {args.steps + 1} LLM steps, zero-latency model")
-    print(_row("step wall time (LLM decision to decision)", react["walls"]))
-    print(_row("step orchestration overhead (minus LLM, tool)", react["overheads"]))
-    print(_row("whole task (submit to terminal event)", react["tasks"]))
-    print("raw aiokafka produce->consume round trip (acks=all, idempotent):")
-    print(_row("round trip", rtt))
-    ratio = percentile(react["overheads"], 50) / percentile(rtt, 50)
-    print(
-        f"ratio: step overhead p50 / raw round trip p50 = {ratio:.1f}x "
-        "(a step crosses Kafka 3 times: decision -> planner, command -> executor, "
-        "outcome -> planner)"
-    )
+    if not args.only_throughput:
+        react = await react_steps(bootstrap, topics, args.tasks, args.steps)
+        rtt = await round_trips(bootstrap, args.round_trips)
+        print(f"ReAct steps: {args.tasks} tasks x {args.steps + 1} LLM steps, zero-latency model")
+        print(_row("step wall time (LLM decision to decision)", react["walls"]))
+        print(_row("step orchestration overhead (minus LLM, tool)", react["overheads"]))
+        print(_row("whole task (submit to terminal event)", react["tasks"]))
+        print("raw aiokafka produce->consume round trip (acks=all, idempotent):")
+        print(_row("round trip", rtt))
+        ratio = percentile(react["overheads"], 50) / percentile(rtt, 50)
+        print(
+            f"ratio: step overhead p50 / raw round trip p50 = {ratio:.1f}x "
+            "(a step crosses Kafka 3 times: decision -> planner, command -> executor, "
+            "outcome -> planner)"
+        )
+    if not args.skip_throughput:
+        result = await throughput(
+            bootstrap,
+            topics,
+            args.throughput_tasks,
+            args.throughput_steps,
+            args.throughput_latency,
+            args.throughput_timeout,
+        )
+        _print_throughput(result, args)
 
 
 def main() -> None:
@@ -194,6 +395,19 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=30)
     parser.add_argument("--steps", type=int, default=5, help="tool steps per task")
     parser.add_argument("--round-trips", type=int, default=300)
+    parser.add_argument(
+        "--throughput-tasks", type=int, default=1000, help="tasks submitted at once"
+    )
+    parser.add_argument("--throughput-steps", type=int, default=3, help="tool steps per task")
+    parser.add_argument(
+        "--throughput-latency", type=int, default=200, help="model latency per call, ms"
+    )
+    parser.add_argument(
+        "--throughput-timeout", type=float, default=600.0, help="seconds to wait for the results"
+    )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--skip-throughput", action="store_true", help="only the step overhead")
+    which.add_argument("--only-throughput", action="store_true", help="only the throughput run")
     asyncio.run(run(parser.parse_args()))
 
 
