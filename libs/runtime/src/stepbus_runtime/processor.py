@@ -155,6 +155,8 @@ class Processor:
         self._tails: dict[bytes | None, asyncio.Task[None]] = {}
         self._in_flight = 0
         self._paused = False
+        self._restoring: set[TopicPartition] = set()
+        self.failed = False
         self._stopping = asyncio.Event()
         self._ready = asyncio.Event()
         self._last_commit = 0.0
@@ -184,6 +186,9 @@ class Processor:
                 for tp, records in batches.items():
                     offsets = self._offsets.get(tp)
                     if offsets is None:  # revoked while the batch was in flight
+                        continue
+                    if tp in self._restoring:  # fetched before the pause took effect
+                        self._consumer.seek(tp, records[0].offset)
                         continue
                     for record in records:
                         offsets.track(record.offset)
@@ -381,7 +386,7 @@ class Processor:
             self._consumer.pause(*assigned)
             self._paused = True
         elif self._paused and self._in_flight < self._max_in_flight // 2:
-            self._consumer.resume(*assigned)
+            self._consumer.resume(*(assigned - self._restoring))
             self._paused = False
 
     async def _maybe_commit(self) -> None:
@@ -418,6 +423,7 @@ class Processor:
                 await asyncio.wait(pending)
 
     async def _partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._restoring -= revoked
         await self._drain(revoked, self._revoke_grace)
         await self._commit(revoked)
         for tp in revoked:
@@ -427,13 +433,35 @@ class Processor:
             await self._listener.revoked(revoked)
 
     async def _partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Restore the service's state for ``assigned`` before any of their records is handled.
+
+        The poll loop keeps running while the listener restores (aiokafka runs this callback
+        in its coordinator task), so the partitions stay paused until the restore is done.
+        """
         for tp in assigned:
             self._offsets.setdefault(tp, PartitionOffsets())
-        if self._paused:
-            self._consumer.pause(*assigned)
-        if self._listener is not None:
-            committed = {tp: await self._consumer.committed(tp) for tp in assigned}
-            await self._listener.assigned(committed)
+        if self._listener is None:
+            if self._paused:
+                self._consumer.pause(*assigned)
+            return
+        self._restoring |= assigned
+        self._consumer.pause(*assigned)
+        for attempt in range(1, 11):
+            try:
+                committed = {tp: await self._consumer.committed(tp) for tp in assigned}
+                await self._listener.assigned(committed)
+                break
+            except Exception:
+                log.exception("%s: restoring %s failed (attempt %d)", self.name, assigned, attempt)
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+        else:  # never handle records without their state: stop and let the supervisor restart
+            log.critical("%s: cannot restore state; stopping", self.name)
+            self.failed = True
+            self.stop()
+            return
+        self._restoring -= assigned
+        if not self._paused:
+            self._consumer.resume(*(assigned & self._consumer.assignment()))
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -53,6 +53,8 @@ async def run_worker(
             "%s started; metrics on %s:%d", processor.name, settings.metrics_host, metrics_port
         )
         await processor.run()
+        if processor.failed:
+            raise SystemExit(f"{processor.name} stopped: its state could not be restored")
     finally:
         if server is not None:
             server.close()

@@ -212,7 +212,20 @@ def _alive(pid: int, marker: str) -> bool:
         return False
     except PermissionError:
         pass  # alive, owned by someone else; the command line decides
-    return marker in _cmdline(pid)  # a zombie's is empty, a reused pid's differs
+    cmdline = _cmdline(pid)
+    if cmdline:
+        return marker in cmdline  # a reused pid's command line differs
+    # Empty: a zombie, or a child still inside execve right after it was spawned.
+    return _state(pid) not in ("Z", "X", "")
+
+
+def _state(pid: int) -> str:
+    """The process state letter from /proc (R, S, D, Z, ...), or "" when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else ""
 
 
 def _live_pid(process: Process) -> int | None:
