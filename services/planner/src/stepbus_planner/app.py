@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import httpx2
 import openai
 from stepbus_contracts import history_adapter, tasks_adapter, utcnow
 from stepbus_runtime import EventPublisher, Processor, Route, run_worker, setup_telemetry
@@ -41,6 +42,15 @@ async def main(settings: PlannerSettings | None = None) -> None:
         api_key=settings.openai_api_key.get_secret_value() or "unset",
         timeout=settings.llm_timeout_seconds,
         max_retries=settings.llm_max_retries,
+        # A bounded pool: past a few hundred connections the pool's bookkeeping costs more CPU
+        # per request than it saves, and the endpoint's own concurrency limit is lower anyway.
+        http_client=openai.DefaultAsyncHttpxClient(
+            limits=httpx2.Limits(
+                max_connections=settings.llm_max_connections,
+                max_keepalive_connections=settings.llm_max_connections,
+            ),
+            timeout=settings.llm_timeout_seconds,
+        ),
     )
     catalog = ToolCatalog(settings.kafka_bootstrap_servers, topics.tool_catalog)
     publisher = EventPublisher(

@@ -35,6 +35,9 @@ class PlannerSettings(ServiceSettings):
     llm_max_retries: int = Field(
         default=3, ge=0, description="Client retries (429, 5xx, timeouts) with backoff."
     )
+    llm_max_connections: int = Field(
+        default=200, ge=1, description="Concurrent connections to the LLM endpoint."
+    )
     tool_timeout_seconds: float = Field(default=30.0, gt=0, description="Per tool call.")
     system_prompt: str | None = Field(default=None, description="Overrides the system prompt.")
     deadline_sweep_seconds: float = Field(

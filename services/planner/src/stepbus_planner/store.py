@@ -81,7 +81,9 @@ class TaskStates:
         if partition is not None:
             self._partition[state.task_id] = partition
         snapshot = StateSnapshot(
-            id=derive_id(state.task_id, "snapshot", state.model_dump_json()),
+            id=derive_id(
+                state.task_id, "snapshot", len(state.decisions), len(state.outcomes), state.terminal
+            ),
             source="urn:stepbus:planner",
             subject=state.task_id,
             tenant=state.tenant,
