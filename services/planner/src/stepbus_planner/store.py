@@ -81,8 +81,14 @@ class TaskStates:
         if partition is not None:
             self._partition[state.task_id] = partition
         snapshot = StateSnapshot(
-            id=derive_id(
-                state.task_id, "snapshot", len(state.decisions), len(state.outcomes), state.terminal
+            id=derive_id(  # one id per distinct state: the fold only ever grows it
+                state.task_id,
+                "snapshot",
+                state.submitted_id is not None,
+                state.task is not None,
+                len(state.decisions),
+                len(state.outcomes),
+                state.terminal,
             ),
             source="urn:stepbus:planner",
             subject=state.task_id,
