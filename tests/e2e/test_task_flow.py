@@ -169,3 +169,19 @@ async def test_gateway_accepts_at_once_and_streams_progress_until_the_result(
     assert final["data"]["output"] == "391"
     assert status["status"] == "completed" and status["output"] == "391"
     assert hidden.status_code == 404
+
+
+async def test_a_transient_llm_error_is_retried_and_the_task_completes(stack: Stack) -> None:
+    # The scripted model answers 503 (Retry-After: 0) the first time it sees each request.
+    task_id, events = await run_task(stack, {"input": "What is 12 * 12? [fail=503]"})
+    [end] = terminals(events, task_id)
+    assert end["type"] == "stepbus.task.completed"
+    assert end["data"]["output"] == "144"
+
+
+async def test_a_persistent_llm_error_fails_the_task_with_llm_error(stack: Stack) -> None:
+    task_id, events = await run_task(stack, {"input": "What is 12 * 12? [fail=400]"})
+    [end] = terminals(events, task_id)
+    assert end["type"] == "stepbus.task.failed"
+    assert end["data"]["reason"] == "llm_error"
+    assert "400" in end["data"]["message"]
