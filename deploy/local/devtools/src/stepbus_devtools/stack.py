@@ -356,7 +356,15 @@ class _Starting:
     note: str
 
 
+# Consumer-group members given a stable instance id (static membership), as a StatefulSet
+# would: a restarted process takes its partitions back at once instead of waiting for the
+# group to notice the old one is gone.
+_STATIC_MEMBERS = frozenset({"planner", "tool-executor"})
+
+
 def _spawn(process: Process, env: dict[str, str]) -> _Starting:
+    if process.name in _STATIC_MEMBERS and "STEPBUS_GROUP_INSTANCE_ID" not in env:
+        env = {**env, "STEPBUS_GROUP_INSTANCE_ID": f"{process.name}-{socket.gethostname()}"}
     port = process.resolved_port()
     if port is not None and _port_open(port):
         hint = f" or set {process.port_env}" if process.port_env else ""
