@@ -8,6 +8,7 @@ tests never see each other's records and can share one broker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -15,14 +16,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer
-from stepbus_runtime import topic_partitions
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from stepbus_runtime import EventPublisher, Processor, Route, topic_partitions
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = REPO / "deploy" / "local"
@@ -183,3 +184,59 @@ class TopicReader:
             return predicate(self.events())
 
         return await wait_until(check, timeout, what, interval=0.01)
+
+
+@contextlib.asynccontextmanager
+async def running_processor(
+    bootstrap: str,
+    routes: dict[str, Route],
+    dlq_topic: str,
+    *,
+    group_id: str | None = None,
+    publisher: EventPublisher | None = None,
+    **options: Any,
+) -> AsyncIterator[Processor]:
+    """A real ``Processor`` on the broker, ready (joined and polling) while the block runs.
+
+    Retries back off in milliseconds unless ``retry_backoff`` is given; a publisher is made
+    (and stopped) unless one is passed.
+    """
+    own = publisher is None
+    publisher = publisher or EventPublisher(bootstrap, "test")
+    if own:
+        await publisher.start()
+    options.setdefault("retry_backoff", (0.01, 0.05))
+    processor = Processor(
+        name="test",
+        bootstrap_servers=bootstrap,
+        group_id=group_id or f"g-{uuid.uuid4().hex[:8]}",
+        routes=routes,
+        publisher=publisher,
+        dlq_topic=dlq_topic,
+        **options,
+    )
+    runner = asyncio.create_task(processor.run())
+    try:
+        await wait_until(lambda: processor.ready, 30, "processor ready")
+        yield processor
+    finally:
+        processor.stop()
+        await asyncio.wait_for(runner, 30)
+        if own:
+            await publisher.stop()
+
+
+async def produce(
+    bootstrap: str,
+    topic: str,
+    records: list[tuple[bytes, bytes]],
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
+    """Publish raw records with a bare idempotent producer (not the project's publisher)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(topic, value, key=key, headers=headers or [])
+    finally:
+        await producer.stop()

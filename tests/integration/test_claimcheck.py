@@ -7,7 +7,6 @@ import contextlib
 import json
 import math
 import os
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -25,13 +24,12 @@ from stepbus_runtime import (
     Emit,
     EventPublisher,
     PayloadStore,
-    Processor,
     RecordContext,
     Route,
 )
 from stepbus_runtime.claimcheck import CHUNK_BYTES, PayloadRef
 
-from ..harness import TopicReader, wait_until
+from ..harness import TopicReader, running_processor, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -61,24 +59,18 @@ async def running(bootstrap: str, topics: Topics) -> AsyncIterator[tuple[EventPu
         handled[event.subject] = event
         return []
 
-    processor = Processor(
-        name="test",
-        bootstrap_servers=bootstrap,
-        group_id=f"g-{uuid.uuid4().hex[:8]}",
-        routes={topics.planner_history: Route(history_adapter, handler)},
-        publisher=publisher,
-        dlq_topic=topics.dlq,
-        max_attempts=2,
-        retry_backoff=(0.01, 0.05),
-        payloads=publisher.payloads,
-    )
-    runner = asyncio.create_task(processor.run())
+    routes = {topics.planner_history: Route(history_adapter, handler)}
     try:
-        await wait_until(lambda: processor.ready, 30, "processor ready")
-        yield publisher, handled
+        async with running_processor(
+            bootstrap,
+            routes,
+            topics.dlq,
+            publisher=publisher,
+            max_attempts=2,
+            payloads=publisher.payloads,
+        ):
+            yield publisher, handled
     finally:
-        processor.stop()
-        await asyncio.wait_for(runner, 30)
         await publisher.stop()
 
 

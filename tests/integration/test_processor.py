@@ -6,16 +6,14 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from stepbus_contracts import TaskSubmitted, TaskSubmittedData, tasks_adapter
 from stepbus_runtime import (
     Emit,
-    EventPublisher,
     PermanentError,
     Processor,
     RecordContext,
@@ -23,7 +21,7 @@ from stepbus_runtime import (
     encode,
 )
 
-from ..harness import TopicReader, wait_until
+from ..harness import TopicReader, produce, running_processor, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -45,40 +43,11 @@ async def make_topic(bootstrap: str, partitions: int = 1) -> str:
     return name
 
 
-@contextlib.asynccontextmanager
-async def running(
+def running(
     bootstrap: str, topic: str, handler: HandlerFn, **options: Any
-) -> AsyncIterator[Processor]:
-    publisher = EventPublisher(bootstrap, "test")
-    await publisher.start()
-    processor = Processor(
-        name="test",
-        bootstrap_servers=bootstrap,
-        group_id=f"g-{topic}",
-        routes={topic: Route(tasks_adapter, handler)},
-        publisher=publisher,
-        dlq_topic=f"{topic}.dlq",
-        retry_backoff=(0.01, 0.05),
-        **options,
-    )
-    runner = asyncio.create_task(processor.run())
-    try:
-        await wait_until(lambda: processor.ready, 30, "processor ready")
-        yield processor
-    finally:
-        processor.stop()
-        await asyncio.wait_for(runner, 30)
-        await publisher.stop()
-
-
-async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
-    await producer.start()
-    try:
-        for key, value in records:
-            await producer.send_and_wait(topic, value, key=key)
-    finally:
-        await producer.stop()
+) -> contextlib.AbstractAsyncContextManager[Processor]:
+    routes = {topic: Route(tasks_adapter, handler)}
+    return running_processor(bootstrap, routes, f"{topic}.dlq", group_id=f"g-{topic}", **options)
 
 
 async def test_poison_records_go_to_dlq_and_the_next_valid_record_is_handled(

@@ -6,15 +6,13 @@ import asyncio
 import contextlib
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from stepbus_contracts import TaskSubmitted, TaskSubmittedData, Topics, tasks_adapter
 from stepbus_runtime import (
     Emit,
-    EventPublisher,
     Processor,
     RecordContext,
     Route,
@@ -22,7 +20,7 @@ from stepbus_runtime import (
 )
 from stepbus_runtime.redrive import RedriveFilter, redrive
 
-from ..harness import TopicReader, wait_until
+from ..harness import TopicReader, produce, running_processor, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,42 +31,11 @@ def task(task_id: str) -> TaskSubmitted:
     return TaskSubmitted(subject=task_id, data=TaskSubmittedData(input=f"input of {task_id}"))
 
 
-@contextlib.asynccontextmanager
-async def running(
+def running(
     bootstrap: str, topics: Topics, handler: HandlerFn, group_id: str
-) -> AsyncIterator[Processor]:
-    publisher = EventPublisher(bootstrap, "test")
-    await publisher.start()
-    processor = Processor(
-        name="test",
-        bootstrap_servers=bootstrap,
-        group_id=group_id,
-        routes={topics.tasks: Route(tasks_adapter, handler)},
-        publisher=publisher,
-        dlq_topic=topics.dlq,
-        max_attempts=2,
-        retry_backoff=(0.01, 0.05),
-    )
-    runner = asyncio.create_task(processor.run())
-    try:
-        await wait_until(lambda: processor.ready, 30, "processor ready")
-        yield processor
-    finally:
-        processor.stop()
-        await asyncio.wait_for(runner, 30)
-        await publisher.stop()
-
-
-async def produce(
-    bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], headers: list[Any]
-) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
-    await producer.start()
-    try:
-        for key, value in records:
-            await producer.send_and_wait(topic, value, key=key, headers=headers)
-    finally:
-        await producer.stop()
+) -> contextlib.AbstractAsyncContextManager[Processor]:
+    routes = {topics.tasks: Route(tasks_adapter, handler)}
+    return running_processor(bootstrap, routes, topics.dlq, group_id=group_id, max_attempts=2)
 
 
 async def read_all(bootstrap: str, topic: str, count: int) -> list[Any]:
