@@ -19,6 +19,10 @@
 # `status` exits 0 when the broker runs and 3 when it does not.
 set -euo pipefail
 
+NAME=kafka
+# shellcheck source=deploy/local/process.sh
+source "$(dirname "${BASH_SOURCE[0]}")/process.sh"
+
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 POM="$HERE/pom.xml"
@@ -47,14 +51,7 @@ ADVERTISED_HOST="$HOST"
 [[ "$HOST" == "0.0.0.0" ]] && ADVERTISED_HOST="127.0.0.1"
 CONNECT_HOST="$ADVERTISED_HOST"
 
-die() {
-    echo "stepbus: $*" >&2
-    exit 1
-}
 
-say() {
-    echo "kafka: $*"
-}
 
 require_java() {
     command -v java >/dev/null 2>&1 \
@@ -323,14 +320,6 @@ cmd_start() {
     say "ready (pid $pid) on $CONNECT_HOST:$PORT in $((SECONDS - started))s (probe: $PROBE)"
 }
 
-wait_gone() {
-    local pid="$1" seconds="$2"
-    local deadline=$((SECONDS + seconds))
-    while live_pid >/dev/null && kill -0 "$pid" 2>/dev/null; do
-        ((SECONDS >= deadline)) && return 1
-        sleep 0.2
-    done
-}
 
 cmd_stop() {
     local pid
@@ -339,14 +328,7 @@ cmd_stop() {
         say "not running"
         return 0
     fi
-    kill -TERM "$pid" 2>/dev/null || true
-    if ! wait_gone "$pid" "${KAFKA_STOP_TIMEOUT:-20}"; then
-        say "pid $pid ignored SIGTERM for ${KAFKA_STOP_TIMEOUT:-20}s; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        wait_gone "$pid" 5 || die "pid $pid survived SIGKILL"
-    fi
-    rm -f "$PID_FILE"
-    say "stopped (pid $pid)"
+    stop_pid "$pid" "${KAFKA_STOP_TIMEOUT:-20}"
 }
 
 cmd_kill9() {

@@ -17,6 +17,10 @@
 # `status` exits 0 when a Redis answers (ours or external) and 3 when none does.
 set -euo pipefail
 
+NAME=redis
+# shellcheck source=deploy/local/process.sh
+source "$(dirname "${BASH_SOURCE[0]}")/process.sh"
+
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 
@@ -29,14 +33,7 @@ PID_FILE="$RUN_DIR/redis.pid"
 
 URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 
-die() {
-    echo "stepbus: $*" >&2
-    exit 1
-}
 
-say() {
-    echo "redis: $*"
-}
 
 [[ "$URL" == redis://* ]] \
     || die "REDIS_URL must look like redis://[:password@]host:port/db for the local Redis (got '$URL')"
@@ -159,14 +156,6 @@ cmd_start() {
     say "ready (pid $pid) on $CONNECT_HOST:$PORT in $((SECONDS - started))s"
 }
 
-wait_gone() {
-    local pid="$1" seconds="$2"
-    local deadline=$((SECONDS + seconds))
-    while live_pid >/dev/null && kill -0 "$pid" 2>/dev/null; do
-        ((SECONDS >= deadline)) && return 1
-        sleep 0.1
-    done
-}
 
 cmd_stop() {
     local pid
@@ -175,14 +164,7 @@ cmd_stop() {
         say "not running (stepbus-managed)"
         return 0
     fi
-    kill -TERM "$pid" 2>/dev/null || true
-    if ! wait_gone "$pid" "${REDIS_STOP_TIMEOUT:-20}"; then
-        say "pid $pid ignored SIGTERM for ${REDIS_STOP_TIMEOUT:-20}s; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        wait_gone "$pid" 5 || die "pid $pid survived SIGKILL"
-    fi
-    rm -f "$PID_FILE"
-    say "stopped (pid $pid)"
+    stop_pid "$pid" "${REDIS_STOP_TIMEOUT:-20}"
 }
 
 cmd_kill9() {

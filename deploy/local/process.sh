@@ -1,0 +1,34 @@
+# Shared by kafka.sh and redis.sh (sourced, not run): messages and stopping a pid.
+# The sourcing script defines NAME (for messages), PID_FILE and live_pid.
+
+die() {
+    echo "stepbus: $*" >&2
+    exit 1
+}
+
+say() {
+    echo "$NAME: $*"
+}
+
+# wait_gone PID SECONDS: wait until PID is no longer the live process of the pid file.
+wait_gone() {
+    local pid="$1" seconds="$2"
+    local deadline=$((SECONDS + seconds))
+    while live_pid >/dev/null && kill -0 "$pid" 2>/dev/null; do
+        ((SECONDS >= deadline)) && return 1
+        sleep 0.1
+    done
+}
+
+# stop_pid PID TIMEOUT: SIGTERM, then SIGKILL after TIMEOUT seconds; removes the pid file.
+stop_pid() {
+    local pid="$1" timeout="$2"
+    kill -TERM "$pid" 2>/dev/null || true
+    if ! wait_gone "$pid" "$timeout"; then
+        say "pid $pid ignored SIGTERM for ${timeout}s; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        wait_gone "$pid" 5 || die "pid $pid survived SIGKILL"
+    fi
+    rm -f "$PID_FILE"
+    say "stopped (pid $pid)"
+}
