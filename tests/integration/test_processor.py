@@ -19,6 +19,7 @@ from stepbus_runtime import (
     RecordContext,
     Route,
     encode,
+    setup_telemetry,
 )
 
 from ..harness import TopicReader, produce, running_processor, wait_until
@@ -199,3 +200,28 @@ async def test_outputs_are_published_and_offsets_committed_only_when_finished(
     subjects = [e["subject"] for e in outputs.events()]
     assert subjects.count("out-first") == 1
     assert subjects.count("out-blocked") == 1
+
+
+async def test_trace_context_flows_from_a_record_to_its_outputs(kafka_bootstrap: str) -> None:
+    setup_telemetry("test")  # what every service does at start: real spans, not no-ops
+    topic = await make_topic(kafka_bootstrap, partitions=1)
+    out_topic = f"{topic}.dlq"
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    incoming = f"00-{trace_id}-00f067aa0ba902b7-01".encode()
+
+    async def handler(event: TaskSubmitted, context: RecordContext) -> Sequence[Emit]:
+        return [Emit(out_topic, task(f"out-{event.subject}"))]
+
+    async with running(kafka_bootstrap, topic, handler):
+        await produce(
+            kafka_bootstrap,
+            topic,
+            [(b"traced", encode(task("traced")))],
+            [("traceparent", incoming)],
+        )
+        async with TopicReader(kafka_bootstrap, out_topic) as outputs:
+            await outputs.wait_for(lambda events: len(events) >= 1, 30, "the output")
+    headers = dict(outputs.records[0].headers)
+    _, out_trace, span, _ = headers["traceparent"].decode().split("-")
+    assert out_trace == trace_id  # same trace: one trace per task across services
+    assert span != "00f067aa0ba902b7"  # a new span (the processing span), child of the record's
