@@ -20,6 +20,7 @@
 set -euo pipefail
 
 NAME=kafka
+MARKER='kafka\.Kafka'  # in the command line of the process this script runs
 # shellcheck source=deploy/local/process.sh
 source "$(dirname "${BASH_SOURCE[0]}")/process.sh"
 
@@ -96,24 +97,6 @@ cmd_fetch() {
     pom_sha >"$tmp/.pom.sha256"
     rm -rf "$JARS"
     mv "$tmp" "$JARS"
-}
-
-# Prints the pid when the pid file names a live Kafka broker; fails otherwise.
-live_pid() {
-    [[ -f "$PID_FILE" ]] || return 1
-    local pid
-    pid="$(cat "$PID_FILE")"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    # A zombie or a reused pid has a different (or empty) command line.
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka' || return 1
-    echo "$pid"
-}
-
-# True once the process has exited (a zombie counts as exited).
-gone() {
-    ! kill -0 "$1" 2>/dev/null \
-        || [[ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" == "Z" ]]
 }
 
 port_open() {

@@ -1,5 +1,6 @@
 # Shared by kafka.sh and redis.sh (sourced, not run): messages and stopping a pid.
-# The sourcing script defines NAME (for messages), PID_FILE and live_pid.
+# The sourcing script defines NAME (for messages), MARKER (a regex matching the command line
+# of its process) and PID_FILE.
 
 die() {
     echo "stepbus: $*" >&2
@@ -8,6 +9,24 @@ die() {
 
 say() {
     echo "$NAME: $*"
+}
+
+# Prints the pid when the pid file names a live process of ours; fails otherwise.
+live_pid() {
+    [[ -f "$PID_FILE" ]] || return 1
+    local pid
+    pid="$(cat "$PID_FILE")"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    # A zombie or a reused pid has a different (or empty) command line.
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$MARKER" || return 1
+    echo "$pid"
+}
+
+# True once the process has exited (a zombie counts as exited).
+gone() {
+    ! kill -0 "$1" 2>/dev/null \
+        || [[ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" == "Z" ]]
 }
 
 # wait_gone PID SECONDS: wait until PID is no longer the live process of the pid file.

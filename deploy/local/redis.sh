@@ -18,6 +18,7 @@
 set -euo pipefail
 
 NAME=redis
+MARKER='redis-server'  # in the command line of the process this script runs
 # shellcheck source=deploy/local/process.sh
 source "$(dirname "${BASH_SOURCE[0]}")/process.sh"
 
@@ -60,24 +61,6 @@ CONNECT_HOST="$HOST"
 require_redis() {
     command -v redis-server >/dev/null 2>&1 \
         || die "redis-server is required: apt-get install -y redis-server"
-}
-
-# Prints the pid when the pid file names a live redis-server; fails otherwise.
-live_pid() {
-    [[ -f "$PID_FILE" ]] || return 1
-    local pid
-    pid="$(cat "$PID_FILE")"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    # A zombie or a reused pid has a different (or empty) command line.
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'redis-server' || return 1
-    echo "$pid"
-}
-
-# True once the process has exited (a zombie counts as exited).
-gone() {
-    ! kill -0 "$1" 2>/dev/null \
-        || [[ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" == "Z" ]]
 }
 
 port_open() {
