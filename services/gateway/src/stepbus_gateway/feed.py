@@ -126,6 +126,9 @@ class ResultsFeed:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
+            # The group has this replica alone: as a static member, a restarted gateway takes
+            # its partitions back at once instead of waiting out the dead member's session.
+            group_instance_id=group_id,
             client_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
