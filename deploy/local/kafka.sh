@@ -343,15 +343,7 @@ cmd_reset() {
     say "data deleted; the next start formats a fresh cluster"
 }
 
-# Serialises concurrent callers (parallel test workers, `make up` twice) on this STEPBUS_HOME.
-lock() {
-    mkdir -p "$RUN_DIR"
-    command -v flock >/dev/null 2>&1 || return 0
-    exec 9>"$RUN_DIR/kafka.lock"
-    flock -w 180 9 || die "another kafka.sh holds $RUN_DIR/kafka.lock"
-}
-
-[[ "${1:-}" == "status" ]] || lock
+[[ "${1:-}" == "status" ]] || lock 180
 case "${1:-}" in
     fetch) cmd_fetch ;;
     start) cmd_start ;;

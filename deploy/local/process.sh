@@ -51,3 +51,12 @@ stop_pid() {
     rm -f "$PID_FILE"
     say "stopped (pid $pid)"
 }
+
+# lock SECONDS: serialise concurrent callers (parallel test workers, `make up` twice) on this
+# STEPBUS_HOME; needs RUN_DIR.
+lock() {
+    mkdir -p "$RUN_DIR"
+    command -v flock >/dev/null 2>&1 || return 0
+    exec 9>"$RUN_DIR/$NAME.lock"
+    flock -w "$1" 9 || die "another $NAME.sh holds $RUN_DIR/$NAME.lock"
+}

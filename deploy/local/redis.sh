@@ -180,15 +180,7 @@ cmd_status() {
     return 3
 }
 
-# Serialises concurrent callers (parallel test workers, `make up` twice) on this STEPBUS_HOME.
-lock() {
-    mkdir -p "$RUN_DIR"
-    command -v flock >/dev/null 2>&1 || return 0
-    exec 9>"$RUN_DIR/redis.lock"
-    flock -w 60 9 || die "another redis.sh holds $RUN_DIR/redis.lock"
-}
-
-[[ "${1:-}" == "status" ]] || lock
+[[ "${1:-}" == "status" ]] || lock 60
 case "${1:-}" in
     start) cmd_start ;;
     stop) cmd_stop ;;

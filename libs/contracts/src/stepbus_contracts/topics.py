@@ -14,6 +14,15 @@ DEFAULT_PREFIX = "stepbus."
 
 _DAY_MS = 24 * 60 * 60 * 1000
 
+# Per-task state (snapshots, ledger): compacted to the latest record per task, entries older
+# than the journal's retention dropped, hourly segments so compaction can run.
+_STATE_TOPIC_CONFIGS = {
+    "cleanup.policy": "compact,delete",
+    "retention.ms": str(7 * _DAY_MS),
+    "segment.ms": str(60 * 60 * 1000),
+    "min.cleanable.dirty.ratio": "0.2",
+}
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -40,12 +49,7 @@ _SPECS: tuple[TopicSpec, ...] = (
         "planner.snapshots",
         "The planner's latest state per task (key = task id), compacted: replay after a crash "
         "reads a snapshot plus the journal tail, never the whole journal.",
-        configs={
-            "cleanup.policy": "compact,delete",
-            "retention.ms": str(7 * _DAY_MS),
-            "segment.ms": str(60 * 60 * 1000),
-            "min.cleanable.dirty.ratio": "0.2",
-        },
+        configs=_STATE_TOPIC_CONFIGS,
     ),
     TopicSpec(
         "tool.calls",
@@ -56,12 +60,7 @@ _SPECS: tuple[TopicSpec, ...] = (
         "tool.ledger",
         "The tool-executor's idempotency ledger: every outcome of a task (key = task id), "
         "compacted, co-partitioned with tool.calls.",
-        configs={
-            "cleanup.policy": "compact,delete",
-            "retention.ms": str(7 * _DAY_MS),
-            "segment.ms": str(60 * 60 * 1000),
-            "min.cleanable.dirty.ratio": "0.2",
-        },
+        configs=_STATE_TOPIC_CONFIGS,
     ),
     TopicSpec(
         "tool.catalog",
