@@ -36,8 +36,8 @@ from stepbus_contracts import (
 )
 from stepbus_planner.handlers import PlannerHandlers
 from stepbus_planner.ports import ModelError, ModelToolCall, ModelTurn
-from stepbus_planner.state import HistoryEventT
-from stepbus_planner.store import TaskStates
+from stepbus_planner.state import HistoryEventT, TaskState, fold
+from stepbus_planner.store import SNAPSHOT_STAGE, TaskStates
 from stepbus_runtime import Emit, RecordContext, RetryableError
 
 TOPICS = Topics("t.")
@@ -178,7 +178,8 @@ class SnapshotsAside:
     def _split(self, outputs: Sequence[Emit]) -> list[Emit]:
         for emit in outputs:
             if emit.topic == TOPICS.planner_snapshots:
-                assert emit.deferred, "a snapshot must wait for the outputs it follows"
+                assert emit.stage == SNAPSHOT_STAGE, "a snapshot must wait for the outputs"
+                assert all(e.stage < emit.stage for e in outputs if e is not emit)
                 self.snapshots.append(emit)
         return [emit for emit in outputs if emit.topic != TOPICS.planner_snapshots]
 
@@ -386,6 +387,31 @@ async def test_the_decision_is_recorded_before_its_tool_calls_are_dispatched() -
     await loop.task(submitted())
     kinds = [type(e.event) for e in loop.emitted if e.topic != TOPICS.results]
     assert kinds.index(LlmDecided) < kinds.index(ToolCallRequested)
+    # Made in one pass, published in stages: the calls only after the decision is acked.
+    decided = next(e for e in loop.emitted if isinstance(e.event, LlmDecided))
+    calls = [e for e in loop.emitted if isinstance(e.event, ToolCallRequested)]
+    assert calls and all(call.stage > decided.stage for call in calls)
+
+
+async def test_a_decision_read_back_from_the_journal_changes_nothing() -> None:
+    loop = Loop(calculator_model())
+    await loop.task(submitted())
+    decisions = [e.event for e in loop.emitted if isinstance(e.event, LlmDecided)]
+    assert len(decisions) == 2
+    for decision in decisions:  # the pump delivered each once already; again changes nothing
+        assert await loop.deliver(decision) == []
+
+
+async def test_a_decision_from_an_earlier_planner_version_is_dispatched_when_read() -> None:
+    """Journals written before decisions were folded at once still move on when read."""
+    loop = Loop(calculator_model())
+    accepted = (await loop.handlers.on_task(submitted(), context(TOPICS.tasks)))[0].event
+    outputs = await loop.deliver(accepted)
+    decided = next(e.event for e in outputs if isinstance(e.event, LlmDecided))
+    fresh = Loop(calculator_model())  # a planner that folded the acceptance only
+    fresh.store.put(fold(TaskState(task_id=TASK, tenant=TENANT), accepted)[0], 0)
+    outputs = await fresh.deliver(decided)
+    assert [type(e.event) for e in outputs if e.topic == TOPICS.tool_calls] == [ToolCallRequested]
 
 
 async def test_the_model_is_asked_again_after_a_step_of_several_tool_calls() -> None:

@@ -148,3 +148,37 @@ def _ctx() -> Any:
     from .test_planner_handlers import context
 
     return context(TOPICS.tasks)
+
+
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None]] = []
+
+    async def send_raw(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: Any
+    ) -> None:
+        self.sent.append((topic, value, key))
+
+
+async def test_an_ended_task_is_forgotten_after_the_retention_with_a_tombstone() -> None:
+    loop = Loop(calculator_model())
+    await loop.task(submitted())
+    assert loop.store.get(TASK, TENANT).ended
+    assert loop.store.take_ended(max_age=3600) == []  # ended just now: still remembered
+    assert await loop.deliver(loop.history[0]) == []  # so a late duplicate changes nothing
+
+    assert loop.store.take_ended(max_age=0) == [TASK]
+    assert loop.store.take_ended(max_age=0) == []  # handed out once
+    publisher = RecordingPublisher()
+    await loop.store.forget(TASK, publisher)  # type: ignore[arg-type]
+    assert publisher.sent == [(TOPICS.planner_snapshots, None, TASK.encode())]
+    assert loop.store.get(TASK, TENANT) == TaskState(task_id=TASK, tenant=TENANT)
+
+
+async def test_a_running_task_is_never_forgotten() -> None:
+    loop = Loop(calculator_model(), hold_tool_calls=True)
+    await loop.task(submitted())
+    assert loop.store.take_ended(max_age=0) == []
+    publisher = RecordingPublisher()
+    await loop.store.forget(TASK, publisher)  # type: ignore[arg-type]
+    assert publisher.sent == [] and loop.store.get(TASK, TENANT).task is not None

@@ -96,11 +96,11 @@ async def outcome(
     *ledger_entries, emit = emits
     assert emit.topic == TOPICS.planner_history
     assert isinstance(emit.event, ToolCallCompleted | ToolCallFailed)
-    if ledger_entries:  # a real run: recorded first, its outcome deferred until that is acked
+    if ledger_entries:  # a real run: recorded first, its outcome sent once that is acked
         [entry] = ledger_entries
-        assert entry.topic == TOPICS.tool_ledger and not entry.deferred and emit.deferred
+        assert entry.topic == TOPICS.tool_ledger and entry.stage < emit.stage
     else:  # a replay records nothing new
-        assert not emit.deferred
+        assert emit.stage == 0
     return emit.event
 
 

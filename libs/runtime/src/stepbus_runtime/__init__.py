@@ -7,7 +7,7 @@ from .errors import DecodeError, PermanentError, RetryableError, StepbusError
 from .health import serve_health
 from .processor import Handler, PartitionListener, Processor, RecordContext, Route
 from .publisher import Emit, EventPublisher
-from .replay import read_to_end
+from .replay import iter_to_end, read_latest, read_to_end
 from .settings import ServiceSettings
 from .telemetry import setup_telemetry
 from .tracing import extract_context, inject_context
@@ -34,6 +34,8 @@ __all__ = [
     "ensure_topics",
     "extract_context",
     "inject_context",
+    "iter_to_end",
+    "read_latest",
     "read_to_end",
     "run_worker",
     "serve_health",

@@ -334,10 +334,10 @@ class Processor:
     async def _publish(self, outputs: Sequence[Emit]) -> None:
         """Publish until acknowledged: a record is not finished before its outputs are.
 
-        Deferred outputs (snapshots) go out only after all the others are acknowledged.
+        Stage by stage (``Emit.stage``): each stage is acknowledged before the next goes out.
         """
-        await self._publish_all([emit for emit in outputs if not emit.deferred])
-        await self._publish_all([emit for emit in outputs if emit.deferred])
+        for stage in sorted({emit.stage for emit in outputs}):
+            await self._publish_all([emit for emit in outputs if emit.stage == stage])
 
     async def _publish_all(self, outputs: Sequence[Emit]) -> None:
         delay = self._backoff[0]

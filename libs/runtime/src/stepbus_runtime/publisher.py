@@ -23,9 +23,10 @@ class Emit:
     topic: str
     event: CloudEvent
     headers: tuple[tuple[str, bytes], ...] = field(default=())
-    deferred: bool = False
-    """Publish only once every non-deferred output of the same record is acknowledged (for
-    state snapshots: a snapshot on the log then proves the outputs before it are too)."""
+    stage: int = 0
+    """Outputs of one record go out in stages: none of stage n+1 is sent before every output
+    of stage n is acknowledged. An LLM decision (stage 0) is on the journal before the tool
+    calls it asks for (stage 1); a state snapshot (last stage) proves everything before it."""
 
 
 class EventPublisher:

@@ -38,11 +38,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from stepbus_contracts import DEFAULT_PREFIX, Topics, utcnow
 
 from .admin import ensure_topics, topic_partitions
 from .publisher import EventPublisher
+from .replay import iter_to_end
 
 __all__ = ["DeadLetter", "RedriveFilter", "RedriveReport", "main", "redrive"]
 
@@ -165,12 +166,12 @@ async def redrive(
     try:
         markers = {
             record.key
-            async for record in _read_to_end(consumer, bootstrap_servers, topics.dlq_redriven)
+            async for record in _read_topic(consumer, bootstrap_servers, topics.dlq_redriven)
         }
         if mode == "redrive":
             await publisher.start()
         try:
-            async for record in _read_to_end(consumer, bootstrap_servers, topics.dlq):
+            async for record in _read_topic(consumer, bootstrap_servers, topics.dlq):
                 letter = DeadLetter(
                     record.topic,
                     record.partition,
@@ -211,26 +212,15 @@ async def _redrive_one(publisher: EventPublisher, topics: Topics, letter: DeadLe
     )
 
 
-async def _read_to_end(
+async def _read_topic(
     consumer: AIOKafkaConsumer, bootstrap_servers: str, topic: str
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Every record of ``topic`` from its beginning up to the end offsets taken now."""
     partitions = await topic_partitions(bootstrap_servers, topic)
     if not partitions:
         raise RuntimeError(f"topic {topic!r} does not exist")
-    consumer.assign(partitions)
-    start: dict[TopicPartition, int] = await consumer.beginning_offsets(partitions)
-    end: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
-    for tp in partitions:
-        consumer.seek(tp, start[tp])
-    remaining = {tp for tp in partitions if start[tp] < end[tp]}
-    while remaining:
-        batches = await consumer.getmany(*remaining, timeout_ms=500)
-        for tp, records in batches.items():
-            for record in records:
-                if record.offset < end[tp]:
-                    yield record
-        remaining = {tp for tp in remaining if await consumer.position(tp) < end[tp]}
+    async for record in iter_to_end(consumer, partitions):
+        yield record
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-__all__ = ["read_to_end"]
+__all__ = ["iter_to_end", "read_latest", "read_to_end"]
 
 
-async def read_to_end(
+async def iter_to_end(
     consumer: AIOKafkaConsumer,
     partitions: list[TopicPartition],
     starts: dict[TopicPartition, int | None] | None = None,
-) -> list[Any]:
+) -> AsyncIterator[Any]:
     """Every record of ``partitions`` from ``starts`` (default: the beginning) to the end
-    offsets taken when called. ``consumer`` is started and has no group; it is reassigned."""
+    offsets taken when called, batch by batch. ``consumer`` is started and has no group; it
+    is reassigned. The event loop gets a turn after every batch, so a long read never starves
+    the caller's other work (such as a consumer group's heartbeats)."""
     consumer.assign(partitions)
     ends = await consumer.end_offsets(partitions)
     begins = await consumer.beginning_offsets(partitions)
@@ -26,10 +30,40 @@ async def read_to_end(
         if start < ends[tp]:
             consumer.seek(tp, start)
             pending.append(tp)
-    records: list[Any] = []
     while pending:
-        batches = await consumer.getmany(*pending, timeout_ms=500)
+        batches = await consumer.getmany(*pending, timeout_ms=500, max_records=2000)
         for tp, batch in batches.items():
-            records.extend(r for r in batch if r.offset < ends[tp])
+            for record in batch:
+                if record.offset < ends[tp]:
+                    yield record
         pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
-    return records
+        await asyncio.sleep(0)
+
+
+async def read_to_end(
+    consumer: AIOKafkaConsumer,
+    partitions: list[TopicPartition],
+    starts: dict[TopicPartition, int | None] | None = None,
+) -> list[Any]:
+    """Every record of ``partitions`` from ``starts`` to the current end, as a list."""
+    return [record async for record in iter_to_end(consumer, partitions, starts)]
+
+
+async def read_latest(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+) -> dict[bytes, Any]:
+    """The latest record of every key in ``partitions``: the view compaction converges to.
+
+    A state topic holds many versions of each key until the log cleaner catches up; a reader
+    that rebuilds state needs only the last one, so it decodes each key once instead of once
+    per version. A tombstone (no value) removes its key; records without a key are skipped.
+    """
+    latest: dict[bytes, Any] = {}
+    async for record in iter_to_end(consumer, partitions):
+        if record.key is None:
+            continue
+        if record.value is None:
+            latest.pop(record.key, None)
+        else:
+            latest[record.key] = record
+    return latest

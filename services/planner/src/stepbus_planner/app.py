@@ -8,7 +8,7 @@ import contextlib
 import httpx2
 import openai
 from stepbus_contracts import history_adapter, tasks_adapter, utcnow
-from stepbus_runtime import EventPublisher, Processor, Route, run_worker, setup_telemetry
+from stepbus_runtime import Emit, EventPublisher, Processor, Route, run_worker, setup_telemetry
 
 from .adapters.openai_chat import OpenAIChatModel
 from .catalog import ToolCatalog
@@ -19,17 +19,29 @@ from .store import TaskStates
 __all__ = ["main"]
 
 
-async def sweep_deadlines(
-    processor: Processor, states: TaskStates, handlers: PlannerHandlers, every: float
+async def sweep(
+    processor: Processor,
+    states: TaskStates,
+    handlers: PlannerHandlers,
+    publisher: EventPublisher,
+    settings: PlannerSettings,
 ) -> None:
-    """End tasks whose deadline passed while nothing arrived for them (a tool never answered)."""
+    """End tasks whose deadline passed while nothing arrived for them (a tool never answered),
+    and forget tasks ended longer ago than the retention. Both run in the task's own queue."""
     while True:
-        await asyncio.sleep(every)
+        await asyncio.sleep(settings.deadline_sweep_seconds)
         now = utcnow()
         for state in states.running():
             if state.task is not None and now >= state.task.deadline_at:
                 task_id, tenant = state.task_id, state.tenant
                 processor.submit(task_id, lambda t=task_id, n=tenant: handlers.expire(t, n))
+        for task_id in states.take_ended(settings.ended_task_retention_seconds):
+            processor.submit(task_id, lambda t=task_id: _forget(states, t, publisher))
+
+
+async def _forget(states: TaskStates, task_id: str, publisher: EventPublisher) -> list[Emit]:
+    await states.forget(task_id, publisher)
+    return []
 
 
 async def main(settings: PlannerSettings | None = None) -> None:
@@ -42,9 +54,10 @@ async def main(settings: PlannerSettings | None = None) -> None:
         api_key=settings.openai_api_key.get_secret_value() or "unset",
         timeout=settings.llm_timeout_seconds,
         max_retries=settings.llm_max_retries,
-        # A bounded pool: past a few hundred connections the pool's bookkeeping costs more CPU
-        # per request than it saves, and the endpoint's own concurrency limit is lower anyway.
-        http_client=openai.DefaultAsyncHttpxClient(
+        # aiohttp under the SDK's httpx2 interface (ADR-13): httpx2's own pool checks every
+        # pooled connection with syscalls on each request, which made it the planner's main
+        # CPU cost at a few hundred calls in flight. The pool stays bounded.
+        http_client=openai.DefaultAioHttpClient(
             limits=httpx2.Limits(
                 max_connections=settings.llm_max_connections,
                 max_keepalive_connections=settings.llm_max_connections,
@@ -91,9 +104,7 @@ async def main(settings: PlannerSettings | None = None) -> None:
         listener=states,
         payloads=publisher.payloads,
     )
-    sweeper = asyncio.create_task(
-        sweep_deadlines(processor, states, handlers, settings.deadline_sweep_seconds)
-    )
+    sweeper = asyncio.create_task(sweep(processor, states, handlers, publisher, settings))
     try:
         await run_worker(settings, publisher, processor, settings.metrics_port, catalog.start)
     finally:

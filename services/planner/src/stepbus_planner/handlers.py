@@ -52,6 +52,8 @@ from .store import TaskStates
 __all__ = ["PlannerHandlers"]
 
 _SOURCE = "urn:stepbus:planner"
+_RECORD, _EFFECT = 0, 1
+"""Publishing stages (``Emit.stage``): decisions, then what they cause; snapshots go last."""
 
 
 class PlannerHandlers:
@@ -162,11 +164,18 @@ class PlannerHandlers:
     # -- planner.history ------------------------------------------------------------------
 
     async def on_history(self, event: HistoryEventT, context: RecordContext) -> Sequence[Emit]:
-        """Fold a journal event into the task's state and make the next move."""
+        """Fold a journal event into the task's state and make the next move.
+
+        A new decision is folded at once and its move made in the same pass: the decision is
+        published first (stage 0) and its tool calls or terminal event only once it is
+        acknowledged (stage 1), so a tool never runs for a decision that is not on the journal,
+        and the decision's own record, read back later, is a duplicate (ADR-1).
+        """
         state, changed = fold(self._store.get(event.subject, event.tenant), event)
         if not changed:
-            return []  # duplicate, or the task already ended
+            return []  # duplicate (e.g. a decision this planner folded when it made it)
         outputs = [Emit(self._topics.results, p) for p in _progress(event)]
+        cause: CloudEvent = event
         move = next_move(state, event, self._clock())
         if isinstance(move, AskModel):
             decided = await self._ask_model(state, event, move.step, context)
@@ -174,12 +183,16 @@ class PlannerHandlers:
                 return []  # by a cancellation, which is handled next
             if isinstance(decided, TaskFailed):
                 return [*outputs, *self._end(state, context.partition, decided)]
-            if isinstance(decided, LlmDecided):  # else "recorded": on the journal already
-                outputs.append(Emit(self._topics.planner_history, decided))
-        elif isinstance(move, Dispatch):
-            outputs.extend(self._dispatch(state, event, move))
+            if decided == "recorded":  # on the journal already: moved on when it arrives
+                return [*outputs, self._store.put(state, context.partition)]
+            state, _ = fold(state, decided)
+            outputs.append(Emit(self._topics.planner_history, decided, stage=_RECORD))
+            outputs.extend(Emit(self._topics.results, p, stage=_EFFECT) for p in _progress(decided))
+            cause, move = decided, next_move(state, decided, self._clock())
+        if isinstance(move, Dispatch):
+            outputs.extend(self._dispatch(state, cause, move))
         elif isinstance(move, Finish | Fail):
-            terminal = self._terminal(state, event, move)
+            terminal = self._terminal(state, cause, move)
             return [*outputs, *self._end(state, context.partition, terminal)]
         return [*outputs, self._store.put(state, context.partition)]
 
@@ -253,7 +266,7 @@ class PlannerHandlers:
                         error_type="invalid_arguments" if call.arguments_error else "unknown_tool",
                     ),
                 )
-                outputs.append(Emit(self._topics.planner_history, failed))
+                outputs.append(Emit(self._topics.planner_history, failed, stage=_EFFECT))
                 continue
             request = ToolCallRequested(
                 **_envelope(cause, "call", call.call_index),
@@ -264,7 +277,7 @@ class PlannerHandlers:
                     timeout_seconds=self._tool_timeout,
                 ),
             )
-            outputs.append(Emit(self._topics.tool_calls, request))
+            outputs.append(Emit(self._topics.tool_calls, request, stage=_EFFECT))
         return outputs
 
     def _terminal(
@@ -306,8 +319,8 @@ class PlannerHandlers:
         ended, _ = fold(state, terminal)
         snapshot = self._store.put(ended, partition)
         return [
-            Emit(self._topics.planner_history, terminal),
-            Emit(self._topics.results, terminal),
+            Emit(self._topics.planner_history, terminal, stage=_EFFECT),
+            Emit(self._topics.results, terminal, stage=_EFFECT),
             snapshot,
         ]
 

@@ -43,3 +43,10 @@ class PlannerSettings(ServiceSettings):
     deadline_sweep_seconds: float = Field(
         default=1.0, gt=0, description="How often tasks waiting past their deadline are ended."
     )
+    ended_task_retention_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long an ended task is remembered, so its late or duplicate events "
+        "(a re-published submission included) change nothing; then its snapshot is "
+        "tombstoned and a submission with the same id runs again.",
+    )

@@ -1,8 +1,8 @@
 """Per-task planner state: in memory for the partitions this replica owns, durable in a
 compacted snapshot topic, restored when partitions are assigned.
 
-A snapshot is written after the outputs of the record that produced it are acknowledged (the
-processor publishes it deferred), and offsets are committed only after that, so restoring the
+A snapshot is written after the outputs of the record that produced it are acknowledged (it is
+their last ``Emit.stage``), and offsets are committed only after that, so restoring the
 snapshots of a partition and replaying its journal from the committed offset rebuilds exactly
 the state the previous owner had — without reading the whole journal. Redis is not involved:
 flushing it cannot lose planner state.
@@ -11,11 +11,17 @@ On assignment the store also reads the journal from the committed offset to its 
 and remembers the LLM decisions it finds: a record redelivered after a crash may ask for a
 step the previous owner already recorded further down the journal, and that decision is reused
 instead of asking the model again.
+
+An ended task keeps a minimal state (what recognises its late or duplicate events) for a
+retention period; then it is forgotten and its snapshot key tombstoned, so neither memory nor
+the snapshot topic — and so neither restore time — grows with every task ever run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Iterator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -29,15 +35,17 @@ from stepbus_contracts import (
     history_adapter,
     snapshot_adapter,
 )
-from stepbus_runtime import Emit, PayloadStore, read_to_end
+from stepbus_runtime import Emit, EventPublisher, PayloadStore, read_latest, read_to_end
 
 from .state import TaskState
 
-__all__ = ["STATE_VERSION", "TaskStates"]
+__all__ = ["SNAPSHOT_STAGE", "STATE_VERSION", "TaskStates"]
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+SNAPSHOT_STAGE = 2
+"""Snapshots go out last: after decisions (stage 0) and their effects (stage 1)."""
 
 
 class TaskStates:
@@ -64,6 +72,7 @@ class TaskStates:
         self._states: dict[str, TaskState] = {}
         self._partition: dict[str, int] = {}
         self._recorded: dict[tuple[str, int], LlmDecidedData] = {}
+        self._ended_at: dict[str, float] = {}  # monotonic; insertion order is ending order
 
     # -- state ---------------------------------------------------------------------------
 
@@ -72,11 +81,12 @@ class TaskStates:
         return self._states.get(task_id) or TaskState(task_id=task_id, tenant=tenant)
 
     def put(self, state: TaskState, partition: int | None) -> Emit:
-        """Keep the new state and return its snapshot, to be published deferred."""
+        """Keep the new state and return its snapshot, to be published after the outputs."""
         if state.ended:  # ended tasks keep only what recognises late or duplicate events
             state = TaskState(task_id=state.task_id, tenant=state.tenant, terminal=state.terminal)
             for key in [k for k in self._recorded if k[0] == state.task_id]:
                 del self._recorded[key]
+            self._ended_at.setdefault(state.task_id, time.monotonic())
         self._states[state.task_id] = state
         if partition is not None:
             self._partition[state.task_id] = partition
@@ -97,11 +107,35 @@ class TaskStates:
                 service="planner", version=STATE_VERSION, state=state.model_dump(mode="json")
             ),
         )
-        return Emit(self._snapshots, snapshot, deferred=True)
+        return Emit(self._snapshots, snapshot, stage=SNAPSHOT_STAGE)
 
     def running(self) -> Iterator[TaskState]:
         """Tasks accepted and not ended."""
         return (s for s in list(self._states.values()) if s.task is not None and not s.ended)
+
+    def take_ended(self, max_age: float) -> list[str]:
+        """Tasks that ended more than ``max_age`` seconds ago (or were restored ended then),
+        each returned once: the caller is to ``forget`` them."""
+        horizon = time.monotonic() - max_age
+        old = []
+        for task_id, ended_at in self._ended_at.items():
+            if ended_at > horizon:
+                break
+            old.append(task_id)
+        for task_id in old:
+            del self._ended_at[task_id]
+        return old
+
+    async def forget(self, task_id: str, publisher: EventPublisher) -> None:
+        """Drop an ended task and tombstone its snapshot (compaction then removes it).
+
+        A submission of the same task id after this runs the task again.
+        """
+        state = self._states.get(task_id)
+        if state is None or not state.ended or task_id not in self._partition:
+            return  # its partition moved on meanwhile
+        await publisher.send_raw(self._snapshots, None, task_id.encode(), [])
+        del self._states[task_id], self._partition[task_id]
 
     def recorded_decision(self, task_id: str, step: int) -> bool:
         """True when a decision for ``step`` is on the journal past the committed offset."""
@@ -121,8 +155,13 @@ class TaskStates:
         try:
             snapshots = [TopicPartition(self._snapshots, p) for p in history]
             restored = 0
-            for record in await read_to_end(consumer, snapshots):
+            # Only each task's latest snapshot is decoded; the loop yields now and then so a
+            # big restore cannot starve the group heartbeats (a member that misses them is
+            # evicted and restores again).
+            for index, record in enumerate((await read_latest(consumer, snapshots)).values()):
                 restored += self._restore(await self._resolve(record.value), record.partition)
+                if index % 256 == 255:
+                    await asyncio.sleep(0)
             tail = [TopicPartition(self._history, p) for p in history]
             starts = {tp: history[tp.partition] for tp in tail}
             decisions = 0
@@ -140,6 +179,7 @@ class TaskStates:
         lost = {tp.partition for tp in partitions if tp.topic == self._history}
         for task_id in [t for t, p in self._partition.items() if p in lost]:
             self._states.pop(task_id, None)
+            self._ended_at.pop(task_id, None)
             del self._partition[task_id]
         for key in [k for k in self._recorded if self._partition.get(k[0]) is None]:
             del self._recorded[key]
@@ -160,6 +200,9 @@ class TaskStates:
             return 0
         self._states[state.task_id] = state
         self._partition[state.task_id] = partition
+        if state.ended:
+            self._ended_at.pop(state.task_id, None)  # re-inserted last: keeps the order
+            self._ended_at[state.task_id] = time.monotonic()
         return 1
 
     def _remember(self, value: bytes | None) -> int:

@@ -46,8 +46,8 @@ class ToolCallHandler:
     async def __call__(self, command: ToolCallRequested, context: RecordContext) -> Sequence[Emit]:
         """Run the call (or replay its recorded outcome) and report it.
 
-        The ledger record goes out first; the outcome event is deferred until it is
-        acknowledged, so an outcome on the journal always has its ledger entry.
+        The ledger record goes out first; the outcome event is a later stage, sent once the
+        entry is acknowledged, so an outcome on the journal always has its ledger entry.
         """
         call = command.data
         recorded = self._ledger.recorded(command.subject, call.idempotency_key)
@@ -113,7 +113,7 @@ class ToolCallHandler:
                     replayed=replayed,
                 ),
             )
-        return Emit(self._topics.planner_history, event, deferred=not replayed)
+        return Emit(self._topics.planner_history, event, stage=0 if replayed else 1)
 
 
 def _failure(error: str, error_type: str) -> dict[str, Any]:

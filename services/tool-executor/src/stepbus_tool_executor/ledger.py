@@ -6,12 +6,13 @@ replica that owns a ``tool.calls`` partition owns the matching ledger partition.
 into memory when partitions are assigned; a redelivered call then returns the recorded
 outcome instead of running again.
 
-The ledger record of an outcome is published before the outcome event (the processor
-publishes the event deferred), so an outcome on the journal always has its ledger entry.
+The ledger record of an outcome is published before the outcome event (the event is a later
+``Emit.stage``), so an outcome on the journal always has its ledger entry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import OrderedDict
@@ -20,7 +21,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 from stepbus_contracts import CloudEvent, EventData, derive_id
-from stepbus_runtime import Emit, PayloadStore, read_to_end
+from stepbus_runtime import Emit, PayloadStore, read_latest
 
 __all__ = ["Ledger", "LedgerEntries", "LedgerRecord"]
 
@@ -110,9 +111,12 @@ class Ledger:
         await consumer.start()
         loaded = 0
         try:
-            for record in await read_to_end(consumer, partitions):
+            # Each task's latest record holds all its outcomes: the older ones are skipped.
+            for index, record in enumerate((await read_latest(consumer, partitions)).values()):
                 value = await self._resolve(record.value)
                 loaded += self._load(record.key, value, record.partition)
+                if index % 256 == 255:
+                    await asyncio.sleep(0)  # a big load must not starve the group heartbeats
         finally:
             await consumer.stop()
         log.info(
