@@ -4,6 +4,7 @@ from .admin import ensure_topics, topic_partitions
 from .claimcheck import ClaimCheckError, PayloadRef, PayloadStore
 from .codec import decode, encode
 from .errors import DecodeError, PermanentError, RetryableError, StepbusError
+from .gctune import tune_gc
 from .health import serve_health
 from .processor import Handler, PartitionListener, Processor, RecordContext, Route
 from .publisher import Emit, EventPublisher
@@ -41,4 +42,5 @@ __all__ = [
     "serve_health",
     "setup_telemetry",
     "topic_partitions",
+    "tune_gc",
 ]

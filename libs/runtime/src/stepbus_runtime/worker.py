@@ -9,6 +9,7 @@ import signal
 from collections.abc import Awaitable, Callable
 
 from .admin import ensure_topics
+from .gctune import tune_gc
 from .health import serve_health
 from .processor import Processor
 from .publisher import EventPublisher
@@ -46,6 +47,7 @@ async def run_worker(
         if on_started is not None:
             await on_started()
         server = await serve_health(settings.metrics_host, metrics_port, lambda: processor.ready)
+        tune_gc()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, processor.stop)

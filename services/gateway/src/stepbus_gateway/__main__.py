@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uvicorn
-from stepbus_runtime import setup_telemetry
+from stepbus_runtime import setup_telemetry, tune_gc
 
 from .app import create_app
 from .settings import GatewaySettings
@@ -13,8 +13,10 @@ def main() -> None:
     """Run the gateway until SIGTERM/SIGINT."""
     setup_telemetry("gateway")
     settings = GatewaySettings()
+    app = create_app(settings)
+    tune_gc()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep the logging setup_telemetry configured
