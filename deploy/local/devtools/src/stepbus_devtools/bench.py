@@ -375,8 +375,9 @@ async def run(args: argparse.Namespace) -> None:
         ratio = percentile(react["overheads"], 50) / percentile(rtt, 50)
         print(
             f"ratio: step overhead p50 / raw round trip p50 = {ratio:.1f}x "
-            "(a step crosses Kafka 3 times: decision -> planner, command -> executor, "
-            "outcome -> planner)"
+            "(a step crosses Kafka twice, command -> executor and outcome -> planner, and "
+            "waits for writes acknowledged in stages: the decision before its tool calls, "
+            "the ledger entry before the outcome, snapshots last)"
         )
     if not args.skip_throughput:
         result = await throughput(
