@@ -8,7 +8,7 @@ import logging
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
-from stepbus_contracts import Topics
+from stepbus_contracts import Topics, TopicSpec
 
 __all__ = ["ensure_topics", "topic_partitions"]
 
@@ -24,7 +24,9 @@ async def ensure_topics(
 ) -> None:
     """Create every topic of the catalog that does not exist yet; existing ones are kept.
 
-    Retries while the broker is unreachable, up to ``wait_seconds``.
+    Returns once every topic's partitions all have a leader — a topic that another service has
+    just created may be listed before it can be read — and retries while the broker is
+    unreachable, up to ``wait_seconds``.
     """
     deadline = asyncio.get_running_loop().time() + wait_seconds
     while True:
@@ -48,13 +50,30 @@ async def ensure_topics(
                 except TopicAlreadyExistsError:
                     pass  # another service created them first
                 log.info("created topics %s", [t.name for t in missing])
-            return
+            if await _all_led(admin, dict(topics.specs())):
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"topics have no leaders after {wait_seconds:.0f}s")
+            await asyncio.sleep(0.2)
         except KafkaConnectionError:
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.5)
         finally:
             await admin.close()
+
+
+async def _all_led(admin: AIOKafkaAdminClient, specs: dict[str, TopicSpec]) -> bool:
+    """True when every topic exists with all its partitions and each has a leader."""
+    described = await admin.describe_topics(list(specs))
+    ready = {
+        topic["topic"]
+        for topic in described
+        if topic["error_code"] == 0
+        and len(topic["partitions"]) >= specs[topic["topic"]].partitions
+        and all(p["error_code"] == 0 and p["leader"] >= 0 for p in topic["partitions"])
+    }
+    return ready >= set(specs)
 
 
 async def topic_partitions(bootstrap_servers: str, *topics: str) -> list[TopicPartition]:

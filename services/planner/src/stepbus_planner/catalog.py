@@ -48,15 +48,21 @@ class ToolCatalog:
 
     async def start(self) -> None:
         """Read the catalog to its current end, then keep tailing it in the background."""
+        tps = await topic_partitions(self._bootstrap, self._topic)
+        if not tps:
+            raise RuntimeError(f"the tool catalog topic {self._topic!r} does not exist")
         consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
         await consumer.start()
+        try:
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+                self._apply(await consumer.getmany(*tps, timeout_ms=200))
+        except BaseException:
+            await consumer.stop()
+            raise
         self._consumer = consumer
-        tps = await topic_partitions(self._bootstrap, self._topic)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-            self._apply(await consumer.getmany(*tps, timeout_ms=200))
         self._task = asyncio.create_task(self._tail(tps))
         log.info("tool catalog loaded: %s", sorted(self._tools))
 
