@@ -286,3 +286,34 @@ async def test_the_outcome_id_is_derived_from_the_command_id() -> None:
 async def test_a_failure_id_is_derived_from_the_command_id_as_well() -> None:
     event = await outcome(handler(), command(name="shell", command_id="cmd-9"), MAX_ATTEMPTS)
     assert event.id == derive_id("cmd-9", "outcome")
+
+
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None]] = []
+
+    async def send_raw(self, topic: str, value: bytes | None, key: bytes | None, _: Any) -> None:
+        self.sent.append((topic, value, key))
+
+
+async def test_an_idle_task_ledger_is_forgotten_with_a_tombstone() -> None:
+    ledger = new_ledger()
+    await outcome(handler(ledger=ledger), command())
+    base = command(command_id="cmd-2")
+    other = base.model_copy(
+        update={
+            "subject": "task-other",
+            "data": base.data.model_copy(update={"idempotency_key": "task-other:0:0"}),
+        }
+    )
+    await outcome(handler(ledger=ledger), other)
+    assert ledger.idle(max_age=3600) == []  # recorded just now
+
+    assert ledger.idle(max_age=0) == [TASK, "task-other"]  # least recently recorded first
+    publisher = RecordingPublisher()
+    await ledger.forget(TASK, 3600, publisher)  # type: ignore[arg-type]
+    assert publisher.sent == []  # not idle for an hour: kept
+    await ledger.forget(TASK, 0, publisher)  # type: ignore[arg-type]
+    assert publisher.sent == [(TOPICS.tool_ledger, None, TASK.encode())]
+    assert ledger.recorded(TASK, f"{TASK}:0:0") is None
+    assert ledger.recorded("task-other", "task-other:0:0") is not None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from stepbus_contracts import ToolRegistered, ToolRegisteredData, tool_calls_adapter
 from stepbus_runtime import (
     Emit,
@@ -75,4 +78,26 @@ async def main(settings: ToolExecutorSettings | None = None) -> None:
     async def announce() -> None:
         await publisher.publish(catalog_events(registry, topics.tool_catalog))
 
-    await run_worker(settings, publisher, processor, settings.metrics_port, on_started=announce)
+    retention = settings.ledger_retention_seconds
+    sweeper = asyncio.create_task(forget_idle(processor, ledger, publisher, retention))
+    try:
+        await run_worker(settings, publisher, processor, settings.metrics_port, announce)
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+
+
+async def forget_idle(
+    processor: Processor, ledger: Ledger, publisher: EventPublisher, retention: float
+) -> None:
+    """Now and then, forget the ledgers of tasks idle longer than ``retention`` seconds."""
+
+    async def forget(task_id: str) -> list[Emit]:
+        await ledger.forget(task_id, retention, publisher)
+        return []
+
+    while True:
+        await asyncio.sleep(min(60.0, retention / 4))
+        for task_id in ledger.idle(retention):
+            processor.submit(task_id, lambda t=task_id: forget(t))

@@ -4,7 +4,9 @@ The ledger lives where nothing can flush it: a compacted topic, co-partitioned w
 ``tool.calls`` (record key = task id, value = every outcome of that task so far), so the
 replica that owns a ``tool.calls`` partition owns the matching ledger partition. It is read
 into memory when partitions are assigned; a redelivered call then returns the recorded
-outcome instead of running again.
+outcome instead of running again. A task whose calls stopped long ago (an hour by default) is
+forgotten and its key tombstoned, so the topic, memory and the next load follow recent tasks
+only: calls are redelivered only until their offsets are committed, within seconds.
 
 The ledger record of an outcome is published before the outcome event (the event is a later
 ``Emit.stage``), so an outcome on the journal always has its ledger entry.
@@ -15,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import OrderedDict
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 from stepbus_contracts import CloudEvent, EventData, derive_id
-from stepbus_runtime import Emit, PayloadStore, read_latest
+from stepbus_runtime import Emit, EventPublisher, PayloadStore, read_latest
 
 __all__ = ["Ledger", "LedgerEntries", "LedgerRecord"]
 
@@ -68,6 +71,7 @@ class Ledger:
         self._max_tasks = max_tasks
         self._tasks: OrderedDict[str, dict[str, dict[str, Any]]] = OrderedDict()
         self._partition: dict[str, int] = {}
+        self._touched: dict[str, float] = {}  # monotonic time of the last record or load
 
     def recorded(self, task_id: str, idempotency_key: str) -> dict[str, Any] | None:
         """The outcome recorded for the key, if any."""
@@ -86,9 +90,11 @@ class Ledger:
         outcomes.setdefault(idempotency_key, outcome)
         self._tasks.move_to_end(task_id)
         self._partition[task_id] = partition
+        self._touched[task_id] = time.monotonic()
         while len(self._tasks) > self._max_tasks:
             evicted, _ = self._tasks.popitem(last=False)
             self._partition.pop(evicted, None)
+            self._touched.pop(evicted, None)
         entry = LedgerRecord(
             id=derive_id(task_id, "ledger", *sorted(outcomes)),
             source="urn:stepbus:tool-executor",
@@ -97,6 +103,27 @@ class Ledger:
             data=LedgerEntries(outcomes=outcomes),
         )
         return Emit(self._topic, entry)
+
+    def idle(self, max_age: float) -> list[str]:
+        """Tasks with no call recorded (or loaded) for ``max_age`` seconds, oldest first."""
+        horizon = time.monotonic() - max_age
+        idle = []
+        for task_id in self._tasks:  # least recently recorded first
+            if self._touched.get(task_id, 0.0) > horizon:
+                break
+            idle.append(task_id)
+        return idle
+
+    async def forget(self, task_id: str, max_age: float, publisher: EventPublisher) -> None:
+        """Tombstone an idle task's ledger and drop it from memory; run it in the task's queue
+        (``Processor.submit``) so no call of the task is recorded meanwhile."""
+        touched = self._touched.get(task_id)
+        if touched is None or touched > time.monotonic() - max_age:
+            return  # recorded again, forgotten already, or its partition moved on
+        await publisher.send_raw(self._topic, None, task_id.encode(), [])
+        self._tasks.pop(task_id, None)
+        self._partition.pop(task_id, None)
+        self._touched.pop(task_id, None)
 
     # -- partitions (stepbus_runtime.PartitionListener) ---------------------------------------
 
@@ -128,6 +155,7 @@ class Ledger:
         lost = {tp.partition for tp in partitions if tp.topic == self._calls}
         for task_id in [t for t, p in self._partition.items() if p in lost]:
             self._tasks.pop(task_id, None)
+            self._touched.pop(task_id, None)
             del self._partition[task_id]
 
     async def _resolve(self, value: bytes | None) -> bytes | None:
@@ -145,5 +173,7 @@ class Ledger:
         merged = self._tasks.setdefault(task_id, {})
         for idempotency_key, outcome in outcomes.items():
             merged.setdefault(idempotency_key, outcome)
+        self._tasks.move_to_end(task_id)
         self._partition[task_id] = partition
+        self._touched[task_id] = time.monotonic()
         return 1

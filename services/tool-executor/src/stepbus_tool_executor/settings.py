@@ -22,4 +22,10 @@ class ToolExecutorSettings(ServiceSettings):
     ledger_max_tasks: int = Field(
         default=100_000, ge=1, description="Tasks whose ledger is kept in memory."
     )
+    ledger_retention_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A task's ledger is forgotten (and tombstoned) once no call of it was "
+        "recorded for this long; its calls were committed long before.",
+    )
     group_id: str = Field(default="stepbus-tool-executor", description="Consumer group.")
