@@ -10,7 +10,7 @@ import pytest
 from stepbus_contracts import Topics
 from stepbus_runtime import ensure_topics
 
-from .harness import port_open, run_script, unique_prefix
+from .harness import delete_topics, port_open, run_script, unique_prefix
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +45,4 @@ async def topics(kafka_bootstrap: str) -> AsyncIterator[Topics]:
     catalog = Topics(unique_prefix())
     await ensure_topics(kafka_bootstrap, catalog)
     yield catalog
+    await delete_topics(kafka_bootstrap, catalog.prefix)

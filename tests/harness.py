@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from stepbus_runtime import EventPublisher, Processor, Route, topic_partitions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +50,19 @@ def port_open(host: str, port: int) -> bool:
 def unique_prefix() -> str:
     """A topic prefix no other test uses."""
     return f"t{uuid.uuid4().hex[:10]}."
+
+
+async def delete_topics(bootstrap: str, prefix: str) -> None:
+    """Delete a test's topics (every name starting with ``prefix``): a broker that keeps
+    thousands of test partitions restarts slowly, and the chaos tests restart it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [name for name in await admin.list_topics() if name.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
 
 
 def run_script(script: str, *args: str, env: dict[str, str] | None = None) -> None:

@@ -10,7 +10,7 @@ import pytest
 from stepbus_contracts import Topics
 from stepbus_runtime import ensure_topics
 
-from ..harness import ServiceProcess, free_port, unique_prefix
+from ..harness import ServiceProcess, delete_topics, free_port, unique_prefix
 
 
 @dataclass
@@ -78,3 +78,4 @@ async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
     finally:
         for service in reversed(services):
             service.stop()
+        await delete_topics(kafka_bootstrap, topics.prefix)

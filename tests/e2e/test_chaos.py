@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from stepbus_devtools.chaos import SERVICES, ChaosConfig, run_chaos, stop_services
 
-from ..harness import LOGS, REPO, free_port
+from ..harness import LOGS, REPO, delete_topics, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -45,8 +45,7 @@ async def test_tasks_end_exactly_once_through_kills_broker_restart_and_flushall(
         "STEPBUS_TOOL_EXECUTOR_METRICS_PORT": str(free_port()),
         "STEPBUS_PLANNER_METRICS_PORT": str(free_port()),
         "STEPBUS_GATEWAY_PORT": str(free_port()),
-        # Set here so that monkeypatch restores them: the runner sets both for the services
-        # (the prefix to a fresh `chaos-<id>.`).
+        # Set here so that monkeypatch restores them: the runner sets both for the services.
         "STEPBUS_TOPIC_PREFIX": f"chaos-{run_id}.",
         "STEPBUS_TOOL_EXECUTOR_EXECUTION_LOG": str(home / "logs" / "executions.jsonl"),
     }
@@ -68,6 +67,7 @@ async def test_tasks_end_exactly_once_through_kills_broker_restart_and_flushall(
         redis_url=redis_url,
         broker_home=HARNESS_HOME,
         execution_log=Path(env["STEPBUS_TOOL_EXECUTOR_EXECUTION_LOG"]),
+        prefix=env["STEPBUS_TOPIC_PREFIX"],
         prepare=True,
         start_infra=False,  # Kafka and Redis belong to the harness
     )
@@ -75,6 +75,7 @@ async def test_tasks_end_exactly_once_through_kills_broker_restart_and_flushall(
         report = await run_chaos(config)
     finally:
         await asyncio.to_thread(stop_services, SERVICES)
+        await delete_topics(kafka_bootstrap, env["STEPBUS_TOPIC_PREFIX"])
 
     text = report.text()
     print(text)

@@ -8,18 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from ..harness import wait_until
+from ..harness import delete_topics, wait_until
 
 pytestmark = pytest.mark.integration
 
+RUN = f"smoke-{uuid.uuid4().hex[:8]}-"
+"""Prefix of the topics of this module's run, deleted when it ends."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def _cleanup(kafka_bootstrap: str) -> AsyncIterator[None]:
+    yield
+    await delete_topics(kafka_bootstrap, RUN)
+
 
 async def _topic(bootstrap: str, partitions: int) -> str:
-    name = f"smoke-{uuid.uuid4().hex[:10]}"
+    name = f"{RUN}{uuid.uuid4().hex[:10]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:

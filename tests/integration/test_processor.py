@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -22,9 +22,19 @@ from stepbus_runtime import (
     setup_telemetry,
 )
 
-from ..harness import TopicReader, produce, running_processor, wait_until
+from ..harness import TopicReader, delete_topics, produce, running_processor, wait_until
 
 pytestmark = pytest.mark.integration
+
+RUN = f"proc-{uuid.uuid4().hex[:8]}-"
+"""Prefix of the topics of this module's run, deleted when it ends."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def _cleanup(kafka_bootstrap: str) -> AsyncIterator[None]:
+    yield
+    await delete_topics(kafka_bootstrap, RUN)
+
 
 HandlerFn = Callable[[Any, RecordContext], Awaitable[Sequence[Emit]]]
 
@@ -34,7 +44,7 @@ def task(task_id: str, text: str = "What is 1 + 1?") -> TaskSubmitted:
 
 
 async def make_topic(bootstrap: str, partitions: int = 1) -> str:
-    name = f"proc-{uuid.uuid4().hex[:10]}"
+    name = f"{RUN}{uuid.uuid4().hex[:10]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from stepbus_runtime import read_latest, read_to_end
 
-from ..harness import produce
+from ..harness import delete_topics, produce
 
 pytestmark = pytest.mark.integration
 
+RUN = f"replay-{uuid.uuid4().hex[:8]}-"
+"""Prefix of the topics of this module's run, deleted when it ends."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def _cleanup(kafka_bootstrap: str) -> AsyncIterator[None]:
+    yield
+    await delete_topics(kafka_bootstrap, RUN)
+
 
 async def _topic(bootstrap: str, partitions: int) -> list[TopicPartition]:
-    name = f"replay-{uuid.uuid4().hex[:10]}"
+    name = f"{RUN}{uuid.uuid4().hex[:10]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
