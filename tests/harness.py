@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from stepbus_runtime import EventPublisher, Processor, Route, topic_partitions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,6 +50,28 @@ def port_open(host: str, port: int) -> bool:
 def unique_prefix() -> str:
     """A topic prefix no other test uses."""
     return f"t{uuid.uuid4().hex[:10]}."
+
+
+def scratch_prefix(kind: str) -> str:
+    """A prefix for the scratch topics of one test module (``SCRATCH``; deleted at its end)."""
+    return f"{kind}-{uuid.uuid4().hex[:8]}-"
+
+
+async def create_topic(
+    bootstrap: str, prefix: str, partitions: int = 1, *, with_dlq: bool = False
+) -> str:
+    """Create a topic named ``prefix`` plus a random part (and ``<name>.dlq``); its name."""
+    name = f"{prefix}{uuid.uuid4().hex[:10]}"
+    topics = [NewTopic(name, partitions, 1)]
+    if with_dlq:
+        topics.append(NewTopic(f"{name}.dlq", 1, 1))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(topics)
+    finally:
+        await admin.close()
+    return name
 
 
 async def delete_topics(bootstrap: str, prefix: str) -> None:

@@ -8,35 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from ..harness import delete_topics, wait_until
+from ..harness import create_topic, scratch_prefix, wait_until
 
 pytestmark = pytest.mark.integration
 
-RUN = f"smoke-{uuid.uuid4().hex[:8]}-"
-"""Prefix of the topics of this module's run, deleted when it ends."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-async def _cleanup(kafka_bootstrap: str) -> AsyncIterator[None]:
-    yield
-    await delete_topics(kafka_bootstrap, RUN)
+SCRATCH = scratch_prefix("smoke")
 
 
 async def _topic(bootstrap: str, partitions: int) -> str:
-    name = f"{RUN}{uuid.uuid4().hex[:10]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1)])
-    finally:
-        await admin.close()
-    return name
+    return await create_topic(bootstrap, SCRATCH, partitions)
 
 
 async def test_idempotent_producer_round_trip(kafka_bootstrap: str) -> None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from stepbus_contracts import TaskSubmitted, TaskSubmittedData, tasks_adapter
 from stepbus_runtime import (
     Emit,
@@ -22,18 +20,18 @@ from stepbus_runtime import (
     setup_telemetry,
 )
 
-from ..harness import TopicReader, delete_topics, produce, running_processor, wait_until
+from ..harness import (
+    TopicReader,
+    create_topic,
+    produce,
+    running_processor,
+    scratch_prefix,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
-RUN = f"proc-{uuid.uuid4().hex[:8]}-"
-"""Prefix of the topics of this module's run, deleted when it ends."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-async def _cleanup(kafka_bootstrap: str) -> AsyncIterator[None]:
-    yield
-    await delete_topics(kafka_bootstrap, RUN)
+SCRATCH = scratch_prefix("proc")
 
 
 HandlerFn = Callable[[Any, RecordContext], Awaitable[Sequence[Emit]]]
@@ -44,14 +42,7 @@ def task(task_id: str, text: str = "What is 1 + 1?") -> TaskSubmitted:
 
 
 async def make_topic(bootstrap: str, partitions: int = 1) -> str:
-    name = f"{RUN}{uuid.uuid4().hex[:10]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1), NewTopic(f"{name}.dlq", 1, 1)])
-    finally:
-        await admin.close()
-    return name
+    return await create_topic(bootstrap, SCRATCH, partitions, with_dlq=True)
 
 
 def running(

@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
-
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from stepbus_runtime import read_latest, read_to_end
 
-from ..harness import delete_topics, produce
+from ..harness import create_topic, produce, scratch_prefix
 
 pytestmark = pytest.mark.integration
 
-RUN = f"replay-{uuid.uuid4().hex[:8]}-"
-"""Prefix of the topics of this module's run, deleted when it ends."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-async def _cleanup(kafka_bootstrap: str) -> AsyncIterator[None]:
-    yield
-    await delete_topics(kafka_bootstrap, RUN)
+SCRATCH = scratch_prefix("replay")
 
 
 async def _topic(bootstrap: str, partitions: int) -> list[TopicPartition]:
-    name = f"{RUN}{uuid.uuid4().hex[:10]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1)])
-    finally:
-        await admin.close()
+    name = await create_topic(bootstrap, SCRATCH, partitions)
     return [TopicPartition(name, p) for p in range(partitions)]
 
 
