@@ -182,3 +182,14 @@ async def test_a_running_task_is_never_forgotten() -> None:
     publisher = RecordingPublisher()
     await loop.store.forget(TASK, publisher)  # type: ignore[arg-type]
     assert publisher.sent == [] and loop.store.get(TASK, TENANT).task is not None
+
+
+async def test_a_restored_ended_task_ages_from_when_it_ended_not_when_restored() -> None:
+    loop = Loop(calculator_model())
+    await loop.task(submitted())
+    ended = loop.snapshots[-1].event
+    old = ended.model_copy(update={"time": ended.time - timedelta(hours=2)})
+    restarted = TaskStates("127.0.0.1:1", "t.planner.history", TOPICS.planner_snapshots)
+    assert restarted._restore(old.model_dump_json().encode(), partition=0) == 1
+    assert restarted.get(TASK, TENANT).ended
+    assert restarted.take_ended(max_age=3600) == [TASK]

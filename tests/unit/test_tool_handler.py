@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -317,3 +318,12 @@ async def test_an_idle_task_ledger_is_forgotten_with_a_tombstone() -> None:
     assert publisher.sent == [(TOPICS.tool_ledger, None, TASK.encode())]
     assert ledger.recorded(TASK, f"{TASK}:0:0") is None
     assert ledger.recorded("task-other", "task-other:0:0") is not None
+
+
+async def test_a_loaded_ledger_ages_from_when_it_was_recorded_not_loaded() -> None:
+    first = new_ledger()
+    entry = (await handler(ledger=first)(command(), context()))[0].event
+    old = entry.model_copy(update={"time": entry.time - timedelta(hours=2)})
+    restarted = new_ledger()
+    assert restarted._load(TASK.encode(), old.model_dump_json().encode(), partition=0) == 1
+    assert restarted.idle(max_age=3600) == [TASK]  # idle for two hours, restart or not

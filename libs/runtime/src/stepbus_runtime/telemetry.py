@@ -25,7 +25,9 @@ def setup_telemetry(service_name: str) -> None:
         level=os.environ.get("STEPBUS_LOG_LEVEL", "INFO").upper(),
         format=f"%(asctime)s {service_name} %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    # Per-request INFO lines of the clients: one per LLM call or fetch is noise, and CPU.
+    for name in ("aiokafka", "httpx", "httpx2", "httpcore", "httpcore2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider

@@ -72,7 +72,7 @@ class TaskStates:
         self._states: dict[str, TaskState] = {}
         self._partition: dict[str, int] = {}
         self._recorded: dict[tuple[str, int], LlmDecidedData] = {}
-        self._ended_at: dict[str, float] = {}  # monotonic; insertion order is ending order
+        self._ended_at: dict[str, float] = {}  # epoch seconds, kept in ending order
 
     # -- state ---------------------------------------------------------------------------
 
@@ -86,7 +86,7 @@ class TaskStates:
             state = TaskState(task_id=state.task_id, tenant=state.tenant, terminal=state.terminal)
             for key in [k for k in self._recorded if k[0] == state.task_id]:
                 del self._recorded[key]
-            self._ended_at.setdefault(state.task_id, time.monotonic())
+            self._ended_at.setdefault(state.task_id, time.time())
         self._states[state.task_id] = state
         if partition is not None:
             self._partition[state.task_id] = partition
@@ -114,9 +114,9 @@ class TaskStates:
         return (s for s in list(self._states.values()) if s.task is not None and not s.ended)
 
     def take_ended(self, max_age: float) -> list[str]:
-        """Tasks that ended more than ``max_age`` seconds ago (or were restored ended then),
-        each returned once: the caller is to ``forget`` them."""
-        horizon = time.monotonic() - max_age
+        """Tasks that ended more than ``max_age`` seconds ago, each returned once: the caller
+        is to ``forget`` them."""
+        horizon = time.time() - max_age
         old = []
         for task_id, ended_at in self._ended_at.items():
             if ended_at > horizon:
@@ -162,6 +162,7 @@ class TaskStates:
                 restored += self._restore(await self._resolve(record.value), record.partition)
                 if index % 256 == 255:
                     await asyncio.sleep(0)
+            self._ended_at = dict(sorted(self._ended_at.items(), key=lambda item: item[1]))
             tail = [TopicPartition(self._history, p) for p in history]
             starts = {tp: history[tp.partition] for tp in tail}
             decisions = 0
@@ -200,9 +201,8 @@ class TaskStates:
             return 0
         self._states[state.task_id] = state
         self._partition[state.task_id] = partition
-        if state.ended:
-            self._ended_at.pop(state.task_id, None)  # re-inserted last: keeps the order
-            self._ended_at[state.task_id] = time.monotonic()
+        if state.ended:  # when it ended is when its last snapshot was written
+            self._ended_at[state.task_id] = snapshot.time.timestamp()
         return 1
 
     def _remember(self, value: bytes | None) -> int:

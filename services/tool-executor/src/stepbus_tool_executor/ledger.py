@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -71,7 +72,7 @@ class Ledger:
         self._max_tasks = max_tasks
         self._tasks: OrderedDict[str, dict[str, dict[str, Any]]] = OrderedDict()
         self._partition: dict[str, int] = {}
-        self._touched: dict[str, float] = {}  # monotonic time of the last record or load
+        self._touched: dict[str, float] = {}  # epoch seconds of each task's last record
 
     def recorded(self, task_id: str, idempotency_key: str) -> dict[str, Any] | None:
         """The outcome recorded for the key, if any."""
@@ -90,7 +91,7 @@ class Ledger:
         outcomes.setdefault(idempotency_key, outcome)
         self._tasks.move_to_end(task_id)
         self._partition[task_id] = partition
-        self._touched[task_id] = time.monotonic()
+        self._touched[task_id] = time.time()
         while len(self._tasks) > self._max_tasks:
             evicted, _ = self._tasks.popitem(last=False)
             self._partition.pop(evicted, None)
@@ -106,7 +107,7 @@ class Ledger:
 
     def idle(self, max_age: float) -> list[str]:
         """Tasks with no call recorded (or loaded) for ``max_age`` seconds, oldest first."""
-        horizon = time.monotonic() - max_age
+        horizon = time.time() - max_age
         idle = []
         for task_id in self._tasks:  # least recently recorded first
             if self._touched.get(task_id, 0.0) > horizon:
@@ -118,7 +119,7 @@ class Ledger:
         """Tombstone an idle task's ledger and drop it from memory; run it in the task's queue
         (``Processor.submit``) so no call of the task is recorded meanwhile."""
         touched = self._touched.get(task_id)
-        if touched is None or touched > time.monotonic() - max_age:
+        if touched is None or touched > time.time() - max_age:
             return  # recorded again, forgotten already, or its partition moved on
         await publisher.send_raw(self._topic, None, task_id.encode(), [])
         self._tasks.pop(task_id, None)
@@ -144,6 +145,8 @@ class Ledger:
                 loaded += self._load(record.key, value, record.partition)
                 if index % 256 == 255:
                     await asyncio.sleep(0)  # a big load must not starve the group heartbeats
+            for task_id in sorted(self._tasks, key=lambda t: self._touched.get(t, 0.0)):
+                self._tasks.move_to_end(task_id)  # least recently recorded first, as ``idle`` reads
         finally:
             await consumer.stop()
         log.info(
@@ -165,7 +168,9 @@ class Ledger:
         if key is None or value is None:
             return 0
         try:
-            outcomes = json.loads(value)["data"]["outcomes"]
+            record = json.loads(value)
+            outcomes = record["data"]["outcomes"]
+            recorded_at = datetime.fromisoformat(record["time"]).timestamp()
         except (ValueError, KeyError, TypeError, ValidationError):
             log.error("unreadable ledger record for %r skipped", key)
             return 0
@@ -173,7 +178,6 @@ class Ledger:
         merged = self._tasks.setdefault(task_id, {})
         for idempotency_key, outcome in outcomes.items():
             merged.setdefault(idempotency_key, outcome)
-        self._tasks.move_to_end(task_id)
         self._partition[task_id] = partition
-        self._touched[task_id] = time.monotonic()
+        self._touched[task_id] = max(recorded_at, self._touched.get(task_id, 0.0))
         return 1
