@@ -10,7 +10,13 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
-from stepbus_contracts import LlmDecided, TaskCancelled, TaskFailed, TaskProgress
+from stepbus_contracts import (
+    LlmDecided,
+    TaskCancelled,
+    TaskFailed,
+    TaskProgress,
+    ToolCallRequested,
+)
 from stepbus_planner.ports import ModelTurn
 from stepbus_planner.state import TaskState
 from stepbus_planner.store import TaskStates
@@ -76,6 +82,13 @@ async def test_a_decision_recorded_further_down_the_journal_is_not_asked_again()
     assert not [o for o in outputs if isinstance(o.event, LlmDecided)]
     assert fresh.model.calls == []  # the model was not asked for the recorded step
     assert calls_before == 1
+
+    # The crash fell between the decision's acknowledgement and its tool calls: read back from
+    # the journal, the decision dispatches the very commands the first replica would have.
+    dispatched = await fresh.deliver(decided)
+    first = [e.event.id for e in loop.emitted if isinstance(e.event, ToolCallRequested)]
+    again = [e.event.id for e in dispatched if isinstance(e.event, ToolCallRequested)]
+    assert again and again == first
 
 
 async def test_a_cancellation_interrupts_a_running_llm_call() -> None:
