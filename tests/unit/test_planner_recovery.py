@@ -177,21 +177,23 @@ async def test_an_ended_task_is_forgotten_after_the_retention_with_a_tombstone()
     loop = Loop(calculator_model())
     await loop.task(submitted())
     assert loop.store.get(TASK, TENANT).ended
-    assert loop.store.take_ended(max_age=3600) == []  # ended just now: still remembered
+    assert loop.store.ended_before(max_age=3600) == []  # ended just now: still remembered
     assert await loop.deliver(loop.history[0]) == []  # so a late duplicate changes nothing
 
-    assert loop.store.take_ended(max_age=0) == [TASK]
-    assert loop.store.take_ended(max_age=0) == []  # handed out once
+    assert loop.store.ended_before(max_age=0) == [TASK]
     publisher = RecordingPublisher()
     await loop.store.forget(TASK, publisher)  # type: ignore[arg-type]
     assert publisher.sent == [(TOPICS.planner_snapshots, None, TASK.encode())]
     assert loop.store.get(TASK, TENANT) == TaskState(task_id=TASK, tenant=TENANT)
+    assert loop.store.ended_before(max_age=0) == []
+    await loop.store.forget(TASK, publisher)  # type: ignore[arg-type]
+    assert len(publisher.sent) == 1  # forgetting twice tombstones once
 
 
 async def test_a_running_task_is_never_forgotten() -> None:
     loop = Loop(calculator_model(), hold_tool_calls=True)
     await loop.task(submitted())
-    assert loop.store.take_ended(max_age=0) == []
+    assert loop.store.ended_before(max_age=0) == []
     publisher = RecordingPublisher()
     await loop.store.forget(TASK, publisher)  # type: ignore[arg-type]
     assert publisher.sent == [] and loop.store.get(TASK, TENANT).task is not None
@@ -205,4 +207,4 @@ async def test_a_restored_ended_task_ages_from_when_it_ended_not_when_restored()
     restarted = TaskStates("127.0.0.1:1", "t.planner.history", TOPICS.planner_snapshots)
     assert restarted._restore(old.model_dump_json().encode(), partition=0) == 1
     assert restarted.get(TASK, TENANT).ended
-    assert restarted.take_ended(max_age=3600) == [TASK]
+    assert restarted.ended_before(max_age=3600) == [TASK]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import httpx2
 import openai
@@ -27,7 +28,11 @@ async def sweep(
     settings: PlannerSettings,
 ) -> None:
     """End tasks whose deadline passed while nothing arrived for them (a tool never answered),
-    and forget tasks ended longer ago than the retention. Both run in the task's own queue."""
+    and (every minute at most) forget tasks ended longer ago than the retention. Both run in
+    the task's own queue."""
+    retention = settings.ended_task_retention_seconds
+    forget_every = min(60.0, retention / 4)
+    next_forget = time.monotonic() + forget_every
     while True:
         await asyncio.sleep(settings.deadline_sweep_seconds)
         now = utcnow()
@@ -35,8 +40,10 @@ async def sweep(
             if state.task is not None and now >= state.task.deadline_at:
                 task_id, tenant = state.task_id, state.tenant
                 processor.submit(task_id, lambda t=task_id, n=tenant: handlers.expire(t, n))
-        for task_id in states.take_ended(settings.ended_task_retention_seconds):
-            processor.submit(task_id, lambda t=task_id: _forget(states, t, publisher))
+        if time.monotonic() >= next_forget:
+            next_forget = time.monotonic() + forget_every
+            for task_id in states.ended_before(retention):
+                processor.submit(task_id, lambda t=task_id: _forget(states, t, publisher))
 
 
 async def _forget(states: TaskStates, task_id: str, publisher: EventPublisher) -> list[Emit]:

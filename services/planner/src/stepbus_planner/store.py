@@ -23,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
@@ -48,6 +49,16 @@ SNAPSHOT_STAGE = 2
 """Snapshots go out last: after decisions (stage 0) and their effects (stage 1)."""
 
 
+class _Ended(NamedTuple):
+    """What is kept of an ended task: enough to recognise its late or duplicate events."""
+
+    tenant: str
+    terminal: str | None
+    """The type of its terminal event (set for every ended task)."""
+    at: float
+    """When it ended, epoch seconds."""
+
+
 class TaskStates:
     """The states of the tasks whose partitions this replica owns.
 
@@ -69,16 +80,22 @@ class TaskStates:
         self._payloads = payloads
         self._history = history_topic
         self._snapshots = snapshots_topic
-        self._states: dict[str, TaskState] = {}
+        self._states: dict[str, TaskState] = {}  # tasks not ended
+        self._ended: dict[str, _Ended] = {}  # in ending order; a few hundred bytes each
         self._partition: dict[str, int] = {}
         self._recorded: dict[tuple[str, int], LlmDecidedData] = {}
-        self._ended_at: dict[str, float] = {}  # epoch seconds, kept in ending order
 
     # -- state ---------------------------------------------------------------------------
 
     def get(self, task_id: str, tenant: str) -> TaskState:
-        """The task's state (an empty state for a task never seen)."""
-        return self._states.get(task_id) or TaskState(task_id=task_id, tenant=tenant)
+        """The task's state (an empty state for a task never seen or forgotten)."""
+        state = self._states.get(task_id)
+        if state is not None:
+            return state
+        ended = self._ended.get(task_id)
+        if ended is not None:
+            return TaskState(task_id=task_id, tenant=ended.tenant, terminal=ended.terminal)
+        return TaskState(task_id=task_id, tenant=tenant)
 
     def put(self, state: TaskState, partition: int | None) -> Emit:
         """Keep the new state and return its snapshot, to be published after the outputs."""
@@ -86,8 +103,11 @@ class TaskStates:
             state = TaskState(task_id=state.task_id, tenant=state.tenant, terminal=state.terminal)
             for key in [k for k in self._recorded if k[0] == state.task_id]:
                 del self._recorded[key]
-            self._ended_at.setdefault(state.task_id, time.time())
-        self._states[state.task_id] = state
+            self._states.pop(state.task_id, None)
+            if state.task_id not in self._ended:
+                self._ended[state.task_id] = _Ended(state.tenant, state.terminal, time.time())
+        else:
+            self._states[state.task_id] = state
         if partition is not None:
             self._partition[state.task_id] = partition
         snapshot = StateSnapshot(
@@ -111,31 +131,28 @@ class TaskStates:
 
     def running(self) -> Iterator[TaskState]:
         """Tasks accepted and not ended."""
-        return (s for s in list(self._states.values()) if s.task is not None and not s.ended)
+        return (s for s in list(self._states.values()) if s.task is not None)
 
-    def take_ended(self, max_age: float) -> list[str]:
-        """Tasks that ended more than ``max_age`` seconds ago, each returned once: the caller
-        is to ``forget`` them."""
+    def ended_before(self, max_age: float) -> list[str]:
+        """Tasks that ended more than ``max_age`` seconds ago, oldest first: to ``forget``."""
         horizon = time.time() - max_age
         old = []
-        for task_id, ended_at in self._ended_at.items():
-            if ended_at > horizon:
+        for task_id, ended in self._ended.items():
+            if ended.at > horizon:
                 break
             old.append(task_id)
-        for task_id in old:
-            del self._ended_at[task_id]
         return old
 
     async def forget(self, task_id: str, publisher: EventPublisher) -> None:
         """Drop an ended task and tombstone its snapshot (compaction then removes it).
 
-        A submission of the same task id after this runs the task again.
+        Run it in the task's queue. A submission of the same task id after this runs the task
+        again.
         """
-        state = self._states.get(task_id)
-        if state is None or not state.ended or task_id not in self._partition:
-            return  # its partition moved on meanwhile
+        if task_id not in self._ended or task_id not in self._partition:
+            return  # forgotten already, or its partition moved on meanwhile
         await publisher.send_raw(self._snapshots, None, task_id.encode(), [])
-        del self._states[task_id], self._partition[task_id]
+        del self._ended[task_id], self._partition[task_id]
 
     def recorded_decision(self, task_id: str, step: int) -> bool:
         """True when a decision for ``step`` is on the journal past the committed offset."""
@@ -162,7 +179,7 @@ class TaskStates:
                 restored += self._restore(await self._resolve(record.value), record.partition)
                 if index % 256 == 255:
                     await asyncio.sleep(0)
-            self._ended_at = dict(sorted(self._ended_at.items(), key=lambda item: item[1]))
+            self._ended = dict(sorted(self._ended.items(), key=lambda item: item[1].at))
             tail = [TopicPartition(self._history, p) for p in history]
             starts = {tp: history[tp.partition] for tp in tail}
             decisions = 0
@@ -180,7 +197,7 @@ class TaskStates:
         lost = {tp.partition for tp in partitions if tp.topic == self._history}
         for task_id in [t for t, p in self._partition.items() if p in lost]:
             self._states.pop(task_id, None)
-            self._ended_at.pop(task_id, None)
+            self._ended.pop(task_id, None)
             del self._partition[task_id]
         for key in [k for k in self._recorded if self._partition.get(k[0]) is None]:
             del self._recorded[key]
@@ -199,10 +216,13 @@ class TaskStates:
         except (ValidationError, ValueError) as exc:
             log.error("unreadable snapshot skipped: %s", exc)
             return 0
-        self._states[state.task_id] = state
         self._partition[state.task_id] = partition
         if state.ended:  # when it ended is when its last snapshot was written
-            self._ended_at[state.task_id] = snapshot.time.timestamp()
+            self._states.pop(state.task_id, None)
+            ended_at = snapshot.time.timestamp()
+            self._ended[state.task_id] = _Ended(state.tenant, state.terminal, ended_at)
+        else:
+            self._states[state.task_id] = state
         return 1
 
     def _remember(self, value: bytes | None) -> int:
