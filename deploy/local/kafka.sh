@@ -24,22 +24,16 @@ MARKER='kafka\.Kafka'  # in the command line of the process this script runs
 # shellcheck source=deploy/local/process.sh
 source "$(dirname "${BASH_SOURCE[0]}")/process.sh"
 
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/../.." && pwd)"
 POM="$HERE/pom.xml"
 LOG4J_CONFIG="$HERE/log4j2.properties"
 
-STEPBUS_HOME="${STEPBUS_HOME:-$REPO/.stepbus}"
 JARS="$STEPBUS_HOME/kafka-jars"
 KAFKA_DIR="$STEPBUS_HOME/kafka"
 DATA_DIR="$KAFKA_DIR/data"
 PROPS="$KAFKA_DIR/server.properties"
 FORMATTED_FOR="$KAFKA_DIR/formatted-for"
-LOG_DIR="$STEPBUS_HOME/logs"
 CONSOLE_LOG="$LOG_DIR/kafka.log"
 SERVER_LOG="$LOG_DIR/kafka-server.log"
-RUN_DIR="$STEPBUS_HOME/run"
-PID_FILE="$RUN_DIR/kafka.pid"
 STAMP="$JARS/.pom.sha256"
 
 BOOTSTRAP="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}"

@@ -1,6 +1,13 @@
-# Shared by kafka.sh and redis.sh (sourced, not run): messages and stopping a pid.
-# The sourcing script defines NAME (for messages), MARKER (a regex matching the command line
-# of its process) and PID_FILE.
+# Shared by kafka.sh and redis.sh (sourced, not run): paths, messages and stopping a pid.
+# The sourcing script defines NAME (for messages and file names) and MARKER (a regex matching
+# the command line of its process) before sourcing this file.
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+STEPBUS_HOME="${STEPBUS_HOME:-$REPO/.stepbus}"
+LOG_DIR="$STEPBUS_HOME/logs"
+RUN_DIR="$STEPBUS_HOME/run"
+PID_FILE="$RUN_DIR/$NAME.pid"
 
 die() {
     echo "stepbus: $*" >&2

@@ -22,15 +22,8 @@ MARKER='redis-server'  # in the command line of the process this script runs
 # shellcheck source=deploy/local/process.sh
 source "$(dirname "${BASH_SOURCE[0]}")/process.sh"
 
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/../.." && pwd)"
-
-STEPBUS_HOME="${STEPBUS_HOME:-$REPO/.stepbus}"
 DATA_DIR="$STEPBUS_HOME/redis"
-LOG_DIR="$STEPBUS_HOME/logs"
 LOG_FILE="$LOG_DIR/redis.log"
-RUN_DIR="$STEPBUS_HOME/run"
-PID_FILE="$RUN_DIR/redis.pid"
 
 URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 
