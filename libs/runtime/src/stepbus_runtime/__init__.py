@@ -12,7 +12,7 @@ from .replay import iter_to_end, read_latest, read_to_end
 from .settings import ServiceSettings
 from .telemetry import setup_telemetry
 from .tracing import extract_context, inject_context
-from .worker import run_worker
+from .worker import run_worker, service_processor, service_publisher
 
 __all__ = [
     "ClaimCheckError",
@@ -40,6 +40,8 @@ __all__ = [
     "read_to_end",
     "run_worker",
     "serve_health",
+    "service_processor",
+    "service_publisher",
     "setup_telemetry",
     "topic_partitions",
     "tune_gc",

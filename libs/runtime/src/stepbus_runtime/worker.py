@@ -11,13 +11,49 @@ from collections.abc import Awaitable, Callable
 from .admin import ensure_topics
 from .gctune import tune_gc
 from .health import serve_health
-from .processor import Processor
+from .processor import PartitionListener, Processor, Route
 from .publisher import EventPublisher
 from .settings import ServiceSettings
 
-__all__ = ["run_worker"]
+__all__ = ["run_worker", "service_processor", "service_publisher"]
 
 log = logging.getLogger(__name__)
+
+
+def service_publisher(settings: ServiceSettings, client_id: str) -> EventPublisher:
+    """A publisher configured from a service's settings, claim checks included."""
+    return EventPublisher(
+        settings.kafka_bootstrap_servers,
+        client_id,
+        payloads_topic=settings.topics.payloads,
+        claim_check_threshold=settings.claim_check_threshold_bytes,
+    )
+
+
+def service_processor(
+    settings: ServiceSettings,
+    *,
+    name: str,
+    group_id: str,
+    routes: dict[str, Route],
+    publisher: EventPublisher,
+    listener: PartitionListener | None = None,
+) -> Processor:
+    """A processor configured from a service's settings: its group under the topic prefix, the
+    DLQ, in-flight and attempt limits, static membership and claim checks."""
+    return Processor(
+        name=name,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=f"{settings.topic_prefix}{group_id}",
+        routes=routes,
+        publisher=publisher,
+        dlq_topic=settings.topics.dlq,
+        max_in_flight=settings.max_in_flight,
+        max_attempts=settings.max_attempts,
+        group_instance_id=settings.group_instance_id,
+        listener=listener,
+        payloads=publisher.payloads,
+    )
 
 
 async def run_worker(

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
 from starlette.applications import Starlette
-from stepbus_runtime import EventPublisher, ensure_topics
+from stepbus_runtime import ensure_topics, service_publisher
 
 from .feed import ResultsFeed, Subscribers
 from .projection import TaskProjection
@@ -30,12 +30,7 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
         )
         async with contextlib.AsyncExitStack() as stack:
             client_id = f"stepbus-gateway-{settings.instance_id}"
-            publisher = EventPublisher(
-                settings.kafka_bootstrap_servers,
-                client_id=client_id,
-                payloads_topic=settings.topics.payloads,
-                claim_check_threshold=settings.claim_check_threshold_bytes,
-            )
+            publisher = service_publisher(settings, client_id)
             await publisher.start()
             stack.push_async_callback(publisher.stop)
             redis = Redis.from_url(settings.redis_url, decode_responses=True)

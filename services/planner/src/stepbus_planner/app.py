@@ -9,7 +9,16 @@ import time
 import httpx2
 import openai
 from stepbus_contracts import history_adapter, tasks_adapter, utcnow
-from stepbus_runtime import Emit, EventPublisher, Processor, Route, run_worker, setup_telemetry
+from stepbus_runtime import (
+    Emit,
+    EventPublisher,
+    Processor,
+    Route,
+    run_worker,
+    service_processor,
+    service_publisher,
+    setup_telemetry,
+)
 
 from .adapters.openai_chat import OpenAIChatModel
 from .catalog import ToolCatalog
@@ -73,12 +82,7 @@ async def main(settings: PlannerSettings | None = None) -> None:
         ),
     )
     catalog = ToolCatalog(settings.kafka_bootstrap_servers, topics.tool_catalog)
-    publisher = EventPublisher(
-        settings.kafka_bootstrap_servers,
-        "stepbus-planner",
-        payloads_topic=topics.payloads,
-        claim_check_threshold=settings.claim_check_threshold_bytes,
-    )
+    publisher = service_publisher(settings, "stepbus-planner")
     states = TaskStates(
         settings.kafka_bootstrap_servers,
         topics.planner_history,
@@ -95,21 +99,16 @@ async def main(settings: PlannerSettings | None = None) -> None:
         clock=utcnow,
         system_prompt=settings.system_prompt,
     )
-    processor = Processor(
+    processor = service_processor(
+        settings,
         name="planner",
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=f"{settings.topic_prefix}{settings.group_id}",
+        group_id=settings.group_id,
         routes={
             topics.tasks: Route(tasks_adapter, handlers.on_task, handlers.on_task_arrival),
             topics.planner_history: Route(history_adapter, handlers.on_history),
         },
         publisher=publisher,
-        dlq_topic=topics.dlq,
-        max_in_flight=settings.max_in_flight,
-        max_attempts=settings.max_attempts,
-        group_instance_id=settings.group_instance_id,
         listener=states,
-        payloads=publisher.payloads,
     )
     sweeper = asyncio.create_task(sweep(processor, states, handlers, publisher, settings))
     try:

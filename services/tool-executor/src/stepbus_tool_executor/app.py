@@ -12,6 +12,8 @@ from stepbus_runtime import (
     Processor,
     Route,
     run_worker,
+    service_processor,
+    service_publisher,
     setup_telemetry,
 )
 
@@ -47,12 +49,7 @@ async def main(settings: ToolExecutorSettings | None = None) -> None:
     setup_telemetry("tool-executor")
     topics = settings.topics
     registry = builtin_registry()
-    publisher = EventPublisher(
-        settings.kafka_bootstrap_servers,
-        "stepbus-tool-executor",
-        payloads_topic=topics.payloads,
-        claim_check_threshold=settings.claim_check_threshold_bytes,
-    )
+    publisher = service_publisher(settings, "stepbus-tool-executor")
     ledger = Ledger(
         settings.kafka_bootstrap_servers,
         topics.tool_calls,
@@ -61,18 +58,13 @@ async def main(settings: ToolExecutorSettings | None = None) -> None:
         payloads=publisher.payloads,
     )
     handler = ToolCallHandler(registry, ledger, topics, ExecutionLog(settings.execution_log))
-    processor = Processor(
+    processor = service_processor(
+        settings,
         name="tool-executor",
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=f"{settings.topic_prefix}{settings.group_id}",
+        group_id=settings.group_id,
         routes={topics.tool_calls: Route(tool_calls_adapter, handler)},
         publisher=publisher,
-        dlq_topic=topics.dlq,
-        max_in_flight=settings.max_in_flight,
-        max_attempts=settings.max_attempts,
-        group_instance_id=settings.group_instance_id,
         listener=ledger,
-        payloads=publisher.payloads,
     )
 
     async def announce() -> None:
