@@ -315,10 +315,7 @@ cmd_kill9() {
         say "not running"
         return 0
     fi
-    kill -KILL "$pid" 2>/dev/null || true
-    wait_gone "$pid" 5 || die "pid $pid survived SIGKILL"
-    rm -f "$PID_FILE"
-    say "killed (pid $pid, SIGKILL)"
+    kill9_pid "$pid"
 }
 
 cmd_status() {

@@ -59,6 +59,14 @@ stop_pid() {
     say "stopped (pid $pid)"
 }
 
+# kill9_pid PID: SIGKILL (the chaos tests' crash), wait until gone, remove the pid file.
+kill9_pid() {
+    kill -KILL "$1" 2>/dev/null || true
+    wait_gone "$1" 5 || die "pid $1 survived SIGKILL"
+    rm -f "$PID_FILE"
+    say "killed (pid $1, SIGKILL)"
+}
+
 # lock SECONDS: serialise concurrent callers (parallel test workers, `make up` twice) on this
 # STEPBUS_HOME; needs RUN_DIR.
 lock() {
