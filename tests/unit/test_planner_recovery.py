@@ -181,6 +181,7 @@ async def test_an_ended_task_is_forgotten_after_the_retention_with_a_tombstone()
     assert await loop.deliver(loop.history[0]) == []  # so a late duplicate changes nothing
 
     assert loop.store.ended_before(max_age=0) == [TASK]
+    assert loop.store.ended_before(max_age=0, limit=0) == []  # a sweep takes a bounded batch
     publisher = RecordingPublisher()
     await loop.store.forget(TASK, publisher)  # type: ignore[arg-type]
     assert publisher.sent == [(TOPICS.planner_snapshots, None, TASK.encode())]

@@ -311,6 +311,7 @@ async def test_an_idle_task_ledger_is_forgotten_with_a_tombstone() -> None:
     assert ledger.idle(max_age=3600) == []  # recorded just now
 
     assert ledger.idle(max_age=0) == [TASK, "task-other"]  # least recently recorded first
+    assert ledger.idle(max_age=0, limit=1) == [TASK]  # a sweep takes a bounded batch
     publisher = RecordingPublisher()
     await ledger.forget(TASK, 3600, publisher)  # type: ignore[arg-type]
     assert publisher.sent == []  # not idle for an hour: kept

@@ -28,6 +28,9 @@ from .store import TaskStates
 
 __all__ = ["main"]
 
+FORGET_BATCH = 10_000
+"""Ended tasks forgotten per sweep at most, so a burst of old tasks never floods the queues."""
+
 
 async def sweep(
     processor: Processor,
@@ -50,9 +53,11 @@ async def sweep(
                 task_id, tenant = state.task_id, state.tenant
                 processor.submit(task_id, lambda t=task_id, n=tenant: handlers.expire(t, n))
         if time.monotonic() >= next_forget:
-            next_forget = time.monotonic() + forget_every
-            for task_id in states.ended_before(retention):
+            old = states.ended_before(retention, limit=FORGET_BATCH)
+            for task_id in old:
                 processor.submit(task_id, lambda t=task_id: _forget(states, t, publisher))
+            # A full batch leaves more behind: the next one goes with the next deadline sweep.
+            next_forget = time.monotonic() + (0 if len(old) == FORGET_BATCH else forget_every)
 
 
 async def _forget(states: TaskStates, task_id: str, publisher: EventPublisher) -> list[Emit]:

@@ -12,7 +12,7 @@ and remembers the LLM decisions it finds: a record redelivered after a crash may
 step the previous owner already recorded further down the journal, and that decision is reused
 instead of asking the model again.
 
-An ended task keeps a minimal state (what recognises its late or duplicate events) for a
+An ended task keeps a compact record (what recognises its late or duplicate events) for a
 retention period; then it is forgotten and its snapshot key tombstoned, so neither memory nor
 the snapshot topic — and so neither restore time — grows with every task ever run.
 """
@@ -133,12 +133,13 @@ class TaskStates:
         """Tasks accepted and not ended."""
         return (s for s in list(self._states.values()) if s.task is not None)
 
-    def ended_before(self, max_age: float) -> list[str]:
-        """Tasks that ended more than ``max_age`` seconds ago, oldest first: to ``forget``."""
+    def ended_before(self, max_age: float, limit: int = 10_000) -> list[str]:
+        """Up to ``limit`` tasks that ended more than ``max_age`` seconds ago, oldest first:
+        to ``forget``."""
         horizon = time.time() - max_age
         old = []
         for task_id, ended in self._ended.items():
-            if ended.at > horizon:
+            if ended.at > horizon or len(old) >= limit:
                 break
             old.append(task_id)
         return old

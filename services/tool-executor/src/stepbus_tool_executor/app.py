@@ -25,6 +25,9 @@ from .settings import ToolExecutorSettings
 
 __all__ = ["catalog_events", "main"]
 
+FORGET_BATCH = 10_000
+"""Idle task ledgers forgotten per sweep at most, so a burst never floods the queues."""
+
 
 def catalog_events(registry: ToolRegistry, topic: str) -> list[Emit]:
     """One ``stepbus.tool.registered`` per tool, keyed by tool name."""
@@ -89,7 +92,11 @@ async def forget_idle(
         await ledger.forget(task_id, retention, publisher)
         return []
 
+    pause = min(60.0, retention / 4)
     while True:
-        await asyncio.sleep(min(60.0, retention / 4))
-        for task_id in ledger.idle(retention):
+        await asyncio.sleep(pause)
+        idle = ledger.idle(retention, limit=FORGET_BATCH)
+        for task_id in idle:
             processor.submit(task_id, lambda t=task_id: forget(t))
+        # A full batch leaves more behind: take the next one soon, not in a minute.
+        pause = 1.0 if len(idle) == FORGET_BATCH else min(60.0, retention / 4)

@@ -105,12 +105,12 @@ class Ledger:
         )
         return Emit(self._topic, entry)
 
-    def idle(self, max_age: float) -> list[str]:
-        """Tasks with no call recorded (or loaded) for ``max_age`` seconds, oldest first."""
+    def idle(self, max_age: float, limit: int = 10_000) -> list[str]:
+        """Up to ``limit`` tasks with no call recorded for ``max_age`` seconds, oldest first."""
         horizon = time.time() - max_age
         idle = []
         for task_id in self._tasks:  # least recently recorded first
-            if self._touched.get(task_id, 0.0) > horizon:
+            if self._touched.get(task_id, 0.0) > horizon or len(idle) >= limit:
                 break
             idle.append(task_id)
         return idle
