@@ -170,7 +170,8 @@ class Ledger:
         try:
             record = json.loads(value)
             outcomes = record["data"]["outcomes"]
-            recorded_at = datetime.fromisoformat(record["time"]).timestamp()
+            stamp = record.get("time")  # a CloudEvent's optional `time`: when it was recorded
+            recorded_at = datetime.fromisoformat(stamp).timestamp() if stamp else time.time()
         except (ValueError, KeyError, TypeError, ValidationError):
             log.error("unreadable ledger record for %r skipped", key)
             return 0
