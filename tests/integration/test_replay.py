@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from stepbus_runtime import read_latest, read_to_end
+from stepbus_runtime import iter_latest, read_latest, read_to_end
 
 from ..harness import create_topic, produce, scratch_prefix
 
@@ -31,11 +31,13 @@ async def test_read_latest_keeps_the_last_value_of_each_key_and_drops_tombstoned
     try:
         latest = await read_latest(consumer, partitions)
         everything = await read_to_end(consumer, partitions)
+        loaded = {record.key: value async for record, value in iter_latest(consumer, partitions)}
     finally:
         await consumer.stop()
     assert len(everything) == 5001
     expected = {f"task-{k}".encode(): f"v{4950 + k}".encode() for k in range(50) if k != 7}
     assert {key: record.value for key, record in latest.items()} == expected
+    assert loaded == expected  # what a service loading the topic decodes
 
 
 async def test_read_to_end_starts_at_the_given_offset(kafka_bootstrap: str) -> None:

@@ -8,7 +8,7 @@ from .gctune import tune_gc
 from .health import serve_health
 from .processor import Handler, PartitionListener, Processor, RecordContext, Route
 from .publisher import Emit, EventPublisher
-from .replay import iter_to_end, read_latest, read_to_end
+from .replay import iter_latest, iter_to_end, read_latest, read_to_end
 from .settings import ServiceSettings
 from .telemetry import setup_telemetry
 from .tracing import extract_context, inject_context
@@ -35,6 +35,7 @@ __all__ = [
     "ensure_topics",
     "extract_context",
     "inject_context",
+    "iter_latest",
     "iter_to_end",
     "read_latest",
     "read_to_end",

@@ -8,7 +8,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-__all__ = ["iter_to_end", "read_latest", "read_to_end"]
+from .claimcheck import PayloadStore
+
+__all__ = ["iter_latest", "iter_to_end", "read_latest", "read_to_end"]
 
 
 async def iter_to_end(
@@ -67,3 +69,21 @@ async def read_latest(
         else:
             latest[record.key] = record
     return latest
+
+
+async def iter_latest(
+    consumer: AIOKafkaConsumer,
+    partitions: list[TopicPartition],
+    payloads: PayloadStore | None = None,
+) -> AsyncIterator[tuple[Any, bytes | None]]:
+    """Each key's latest record (``read_latest``) with its value, claim checks resolved.
+
+    How services load a state topic. The caller decodes each value; the event loop gets a
+    turn every few hundred records, so decoding a big topic never starves the consumer
+    group's heartbeats (a member that misses them is evicted, and would load again).
+    """
+    for index, record in enumerate((await read_latest(consumer, partitions)).values()):
+        value = record.value if payloads is None else await payloads.resolve(record.value)
+        yield record, value
+        if index % 256 == 255:
+            await asyncio.sleep(0)

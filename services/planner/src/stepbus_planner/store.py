@@ -19,7 +19,6 @@ the snapshot topic — and so neither restore time — grows with every task eve
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from stepbus_contracts import (
     history_adapter,
     snapshot_adapter,
 )
-from stepbus_runtime import Emit, EventPublisher, PayloadStore, read_latest, read_to_end
+from stepbus_runtime import Emit, EventPublisher, PayloadStore, iter_latest, read_to_end
 
 from .state import TaskState
 
@@ -173,13 +172,9 @@ class TaskStates:
         try:
             snapshots = [TopicPartition(self._snapshots, p) for p in history]
             restored = 0
-            # Only each task's latest snapshot is decoded; the loop yields now and then so a
-            # big restore cannot starve the group heartbeats (a member that misses them is
-            # evicted and restores again).
-            for index, record in enumerate((await read_latest(consumer, snapshots)).values()):
-                restored += self._restore(await self._resolve(record.value), record.partition)
-                if index % 256 == 255:
-                    await asyncio.sleep(0)
+            # Only each task's latest snapshot is decoded.
+            async for record, value in iter_latest(consumer, snapshots, self._payloads):
+                restored += self._restore(value, record.partition)
             self._ended = dict(sorted(self._ended.items(), key=lambda item: item[1].at))
             tail = [TopicPartition(self._history, p) for p in history]
             starts = {tp: history[tp.partition] for tp in tail}

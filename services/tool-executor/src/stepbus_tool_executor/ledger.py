@@ -14,7 +14,6 @@ The ledger record of an outcome is published before the outcome event (the event
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -25,7 +24,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 from stepbus_contracts import CloudEvent, EventData, derive_id
-from stepbus_runtime import Emit, EventPublisher, PayloadStore, read_latest
+from stepbus_runtime import Emit, EventPublisher, PayloadStore, iter_latest
 
 __all__ = ["Ledger", "LedgerEntries", "LedgerRecord"]
 
@@ -140,11 +139,8 @@ class Ledger:
         loaded = 0
         try:
             # Each task's latest record holds all its outcomes: the older ones are skipped.
-            for index, record in enumerate((await read_latest(consumer, partitions)).values()):
-                value = await self._resolve(record.value)
+            async for record, value in iter_latest(consumer, partitions, self._payloads):
                 loaded += self._load(record.key, value, record.partition)
-                if index % 256 == 255:
-                    await asyncio.sleep(0)  # a big load must not starve the group heartbeats
             for task_id in sorted(self._tasks, key=lambda t: self._touched.get(t, 0.0)):
                 self._tasks.move_to_end(task_id)  # least recently recorded first, as ``idle`` reads
         finally:
@@ -160,9 +156,6 @@ class Ledger:
             self._tasks.pop(task_id, None)
             self._touched.pop(task_id, None)
             del self._partition[task_id]
-
-    async def _resolve(self, value: bytes | None) -> bytes | None:
-        return value if self._payloads is None else await self._payloads.resolve(value)
 
     def _load(self, key: bytes | None, value: bytes | None, partition: int) -> int:
         if key is None or value is None:
