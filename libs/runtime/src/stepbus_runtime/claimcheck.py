@@ -22,17 +22,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
+import time
 import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import from_json
 from stepbus_contracts import CloudEvent
 
 from .errors import PermanentError, RetryableError
 
 __all__ = [
     "CHUNK_BYTES",
+    "MAX_PAYLOAD_BYTES",
     "ClaimCheckError",
     "PayloadRef",
     "PayloadStore",
@@ -42,6 +46,9 @@ __all__ = [
 
 CHUNK_BYTES = 512 * 1024
 """Largest chunk of a stored payload: well under Kafka's default 1 MiB record limit."""
+
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+"""Largest payload a claim may reference: a reference claiming more is refused unread."""
 
 _CLAIM_ATTRIBUTES = {"specversion", "type", "source", "id", "subject", "time", "tenant"}
 
@@ -55,12 +62,29 @@ class PayloadRef(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    id: str = Field(min_length=1, description="Payload id; the key of every chunk record.")
-    topic: str = Field(min_length=1, description="The payloads topic.")
-    partition: int = Field(ge=0, description="The partition holding every chunk.")
-    offsets: list[int] = Field(min_length=1, description="Offsets of the chunks, in order.")
-    size: int = Field(ge=0, description="Payload length in bytes.")
+    id: str = Field(
+        pattern=r"^[0-9a-f]{32}$", description="Payload id; the key of every chunk record."
+    )
+    topic: str = Field(min_length=1, max_length=249, description="The payloads topic.")
+    partition: int = Field(ge=0, le=100_000, description="The partition holding every chunk.")
+    offsets: list[int] = Field(
+        min_length=1,
+        max_length=MAX_PAYLOAD_BYTES // CHUNK_BYTES,
+        description="Offsets of the chunks, in order.",
+    )
+    size: int = Field(ge=0, le=MAX_PAYLOAD_BYTES, description="Payload length in bytes.")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the payload.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PayloadRef:
+        """As ``PayloadStore.put`` writes them: one chunk per 512 KiB, in increasing offsets."""
+        if len(self.offsets) != max(1, math.ceil(self.size / CHUNK_BYTES)):
+            raise ValueError(f"{len(self.offsets)} chunk offsets do not fit {self.size} bytes")
+        if any(b <= a for a, b in zip(self.offsets, self.offsets[1:], strict=False)):
+            raise ValueError("chunk offsets must increase")
+        if self.offsets[0] < 0:
+            raise ValueError("chunk offsets must not be negative")
+        return self
 
 
 def claim_value(event: CloudEvent, ref: PayloadRef) -> bytes:
@@ -77,16 +101,20 @@ def claim_reference(value: bytes | None) -> PayloadRef | None:
     """
     if not value or b'"claimcheck"' not in value:  # cheap test before parsing
         return None
-    try:
-        claim = json.loads(value)
+    try:  # pydantic's parser: bounded recursion, so a deeply nested value fails cleanly
+        claim = from_json(value)
     except ValueError:
-        return None
+        return None  # not JSON: decoding reports it
     if not isinstance(claim, dict) or "claimcheck" not in claim or "data" in claim:
         return None
     try:
         return PayloadRef.model_validate(claim["claimcheck"])
     except ValidationError as exc:
-        raise ClaimCheckError(f"malformed claim check reference: {exc.errors()[:3]}") from None
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors(include_input=False)[:3]
+        )
+        raise ClaimCheckError(f"malformed claim check reference: {problems}") from None
 
 
 class PayloadStore:
@@ -101,7 +129,9 @@ class PayloadStore:
         client_id: Shown in broker logs.
         producer: An idempotent ``acks=all`` producer to reuse (the publisher's); when None
             the store creates, starts and stops its own.
-        fetch_timeout: Seconds a fetch may take before it fails as retryable.
+        fetch_timeout: Seconds a fetch may take before it fails as retryable. References are
+            checked against the topic (partition, offsets) before anything is fetched, so only a
+            broker in trouble can make a valid-looking fetch slow.
     """
 
     def __init__(
@@ -111,7 +141,7 @@ class PayloadStore:
         *,
         client_id: str = "stepbus-payloads",
         producer: AIOKafkaProducer | None = None,
-        fetch_timeout: float = 30.0,
+        fetch_timeout: float = 10.0,
     ) -> None:
         self.topic = topic
         self._owns_producer = producer is None
@@ -131,6 +161,7 @@ class PayloadStore:
         self._consumer_started = False
         self._reading = asyncio.Lock()
         self._fetch_timeout = fetch_timeout
+        self._partitions: tuple[float, int] | None = None  # (when read, partition count)
 
     async def start(self) -> None:
         """Start the store's own producer, if it has one."""
@@ -185,7 +216,7 @@ class PayloadStore:
             )
         async with self._reading:
             try:
-                chunks = await asyncio.wait_for(self._read(ref), self._fetch_timeout)
+                chunks = await asyncio.wait_for(self._checked_read(ref), self._fetch_timeout)
             except TimeoutError:
                 raise RetryableError(
                     f"payload {ref.id} not read within {self._fetch_timeout}s"
@@ -203,10 +234,28 @@ class PayloadStore:
         ref = claim_reference(value)
         return value if ref is None else await self.fetch(ref)
 
-    async def _read(self, ref: PayloadRef) -> dict[int, bytes]:
+    async def _partition_count(self, partition: int) -> int:
+        """Partitions of the payloads topic: cached, read again (at most once a second) when
+        ``partition`` is beyond the cached count, in case partitions were added."""
+        now = time.monotonic()
+        cached = self._partitions
+        if cached is None or (partition >= cached[1] and now - cached[0] > 1.0):
+            await self._consumer.topics()  # refreshes the cluster metadata
+            count = len(self._consumer.partitions_for_topic(self.topic) or ())
+            cached = self._partitions = (now, count)
+        return cached[1]
+
+    async def _checked_read(self, ref: PayloadRef) -> dict[int, bytes]:
         if not self._consumer_started:
             await self._consumer.start()
             self._consumer_started = True
+        if ref.partition >= await self._partition_count(ref.partition):
+            raise ClaimCheckError(
+                f"payload {ref.id} missing: {ref.topic} has no partition {ref.partition}"
+            )
+        return await self._read(ref)
+
+    async def _read(self, ref: PayloadRef) -> dict[int, bytes]:
         tp = TopicPartition(ref.topic, ref.partition)
         self._consumer.assign([tp])
         first, last = min(ref.offsets), max(ref.offsets)

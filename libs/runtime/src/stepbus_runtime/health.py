@@ -10,8 +10,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 __all__ = ["serve_health"]
 
 
-async def serve_health(host: str, port: int, ready: Callable[[], bool]) -> asyncio.Server:
-    """Serve Prometheus metrics and liveness/readiness probes until the server is closed."""
+async def serve_health(
+    host: str, port: int, ready: Callable[[], bool | tuple[bool, str]]
+) -> asyncio.Server:
+    """Serve Prometheus metrics and liveness/readiness probes until the server is closed.
+
+    ``ready`` answers whether the service is ready, optionally with a line saying why not
+    (``Processor.health``), which ``/readyz`` returns as its body.
+    """
 
     async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -25,9 +31,10 @@ async def serve_health(host: str, port: int, ready: Callable[[], bool]) -> async
             elif path == "/healthz":
                 status, body = "200 OK", b"ok\n"
             elif path == "/readyz":
-                ok = ready()
+                answer = ready()
+                ok, detail = answer if isinstance(answer, tuple) else (answer, "")
                 status = "200 OK" if ok else "503 Service Unavailable"
-                body = b"ready\n" if ok else b"starting\n"
+                body = f"{detail or ('ready' if ok else 'starting')}\n".encode()
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()

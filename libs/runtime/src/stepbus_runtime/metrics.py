@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["DLQ_RECORDS", "IN_FLIGHT", "RECORDS", "RECORD_SECONDS"]
+__all__ = ["DLQ_RECORDS", "DROPPED_RECORDS", "IN_FLIGHT", "RECORDS", "RECORD_SECONDS"]
 
 RECORDS = Counter(
     "stepbus_records_total", "Records processed, by outcome.", ["service", "topic", "outcome"]
@@ -18,4 +18,10 @@ RECORD_SECONDS = Histogram(
 IN_FLIGHT = Gauge("stepbus_in_flight_records", "Records started and not finished.", ["service"])
 DLQ_RECORDS = Counter(
     "stepbus_dlq_records_total", "Records sent to the dead-letter topic.", ["service", "topic"]
+)
+DROPPED_RECORDS = Counter(
+    "stepbus_records_dropped_total",
+    "Records dropped without a dead letter (refused by a handler, or not even dead-letterable), "
+    "by reason.",
+    ["service", "topic", "reason"],
 )

@@ -9,8 +9,13 @@ every assigned partition is paused, and the poll loop keeps running so the consu
 trips ``max.poll.interval.ms``.
 
 Records that cannot be decoded, or whose handler keeps failing, go to the DLQ with the reason and
-their origin in headers; the processor moves on. Claim checks (big events stored aside, see
-``claimcheck``) are resolved before decoding, so handlers always see the full event.
+their origin in headers; the processor moves on. No record escapes: whatever fails while
+decoding, resolving a claim check, handling or publishing is caught per record and ends, after
+a bounded number of attempts, in a dead letter (``deadletter``) or a logged, counted drop, and
+the record is finished, so a partition's commit never stops behind it. A record must be keyed
+by its event's ``subject`` (the task id): anything else is dead-lettered. Claim checks (big
+events stored aside, see ``claimcheck``) are resolved before decoding, so handlers always see
+the full event.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ from pydantic import TypeAdapter
 
 from .claimcheck import ClaimCheckError, PayloadRef, PayloadStore, claim_reference
 from .codec import decode
-from .errors import PermanentError
-from .metrics import DLQ_RECORDS, IN_FLIGHT, RECORD_SECONDS, RECORDS
+from .deadletter import dead_letter
+from .errors import DecodeError, PermanentError
+from .logs import clip
+from .metrics import IN_FLIGHT, RECORD_SECONDS, RECORDS
 from .offsets import PartitionOffsets
 from .publisher import Emit, EventPublisher
 from .tracing import extract_context
@@ -108,6 +115,8 @@ class Processor:
             (after their in-flight records finished or were cancelled).
         payloads: Resolves claim checks (``EventPublisher.payloads``); without it, claims are
             dead-lettered.
+        stuck_after: Seconds after which a partition whose oldest unfinished record has not
+            finished, or a poll loop that has not turned, makes ``health()`` report stuck.
     """
 
     def __init__(
@@ -127,8 +136,10 @@ class Processor:
         revoke_grace: float = 5.0,
         listener: PartitionListener | None = None,
         payloads: PayloadStore | None = None,
+        stuck_after: float = 900.0,
     ) -> None:
         self.name = name
+        self._stuck_after = stuck_after
         self._routes = routes
         self._publisher = publisher
         self._dlq_topic = dlq_topic
@@ -152,7 +163,7 @@ class Processor:
         )
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
-        self._tails: dict[bytes | None, asyncio.Task[None]] = {}
+        self._tails: dict[object, asyncio.Task[None]] = {}
         self._in_flight = 0
         self._paused = False
         self._restoring: set[TopicPartition] = set()
@@ -160,11 +171,33 @@ class Processor:
         self._stopping = asyncio.Event()
         self._ready = asyncio.Event()
         self._last_commit = 0.0
+        self._last_poll = time.monotonic()
 
     @property
     def ready(self) -> bool:
-        """True once the consumer joined its group and polls."""
-        return self._ready.is_set()
+        """True once the consumer joined its group and polls, and is not stuck."""
+        return self.health()[0]
+
+    def health(self) -> tuple[bool, str]:
+        """Whether the processor is ready, and a line saying why (for ``/readyz``).
+
+        Not ready before the consumer joined its group, when the poll loop has not turned for
+        ``stuck_after`` seconds, or when a partition's oldest unfinished record has been in
+        flight that long (its commit cannot advance).
+        """
+        if not self._ready.is_set():
+            return False, "starting: not yet polling"
+        now = time.monotonic()
+        if now - self._last_poll > self._stuck_after:
+            return False, f"stuck: the poll loop has not turned for {now - self._last_poll:.0f}s"
+        for tp, tracker in self._offsets.items():
+            since = tracker.oldest_since()
+            if since is not None and now - since > self._stuck_after:
+                return False, (
+                    f"stuck: {tp.topic}[{tp.partition}] has had a record in flight for "
+                    f"{now - since:.0f}s"
+                )
+        return True, "ready"
 
     @property
     def in_flight(self) -> int:
@@ -182,6 +215,7 @@ class Processor:
         try:
             while not self._stopping.is_set():
                 batches = await self._consumer.getmany(timeout_ms=100, max_records=500)
+                self._last_poll = time.monotonic()
                 self._ready.set()
                 for tp, records in batches.items():
                     offsets = self._offsets.get(tp)
@@ -208,16 +242,30 @@ class Processor:
 
     def _start(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         route = self._routes[record.topic]
+        decoded = self._decode_on_arrival(route, record)
+        if route.on_arrival is not None and not isinstance(decoded, PayloadRef | Exception):
+            try:
+                route.on_arrival(decoded)
+            except Exception as exc:  # a signal only: the record is still handled in its turn
+                log.warning("%s: on_arrival failed for %s@%d: %s",
+                            self.name, record.topic, record.offset, clip(repr(exc)))  # fmt: skip
+        # Keyless records are dead-lettered: they need no order, so none waits for another.
+        queue: object = record.key if record.key is not None else (tp, record.offset)
+        task = self._enqueue(queue, tp, self._run_record(tp, record, route, decoded))
+        self._tasks.setdefault(tp, set()).add(task)
+
+    def _decode_on_arrival(self, route: Route, record: ConsumerRecord[bytes, bytes]) -> Any:
+        """The event, the claim to fetch in the record's turn, or the error to dead-letter."""
         try:
             # A claim is fetched and decoded later, in its turn (``_handle``): fetching is async.
-            decoded: Any = claim_reference(record.value) or decode(route.adapter, record.value)
+            ref = claim_reference(record.value)
+            if ref is not None:
+                return ref
+            return _keyed(record, decode(route.adapter, record.value))
         except PermanentError as exc:
-            decoded = exc
-        else:
-            if route.on_arrival is not None and not isinstance(decoded, PayloadRef):
-                route.on_arrival(decoded)
-        task = self._enqueue(record.key, tp, self._run_record(tp, record, route, decoded))
-        self._tasks.setdefault(tp, set()).add(task)
+            return exc
+        except Exception as exc:  # whatever a crafted value makes a parser raise
+            return DecodeError(f"undecodable record: {clip(repr(exc))}")
 
     def submit(self, key: str, work: Callable[[], Awaitable[Sequence[Emit]]]) -> None:
         """Run ``work`` in the queue of ``key`` and publish what it returns.
@@ -230,17 +278,15 @@ class Processor:
             if previous is not None:
                 await asyncio.wait([previous])
             try:
-                outputs = await work()
+                await self._publish(await work())
             except Exception:
-                log.exception("%s: work for %s failed", self.name, key)
-                return
-            await self._publish(outputs)
+                log.exception("%s: work for %s failed", self.name, clip(key))
 
         self._enqueue(key.encode(), None, run)
 
     def _enqueue(
         self,
-        key: bytes | None,
+        key: object,
         tp: TopicPartition | None,
         run: Callable[[asyncio.Task[None] | None], Awaitable[None]],
     ) -> asyncio.Task[None]:
@@ -278,6 +324,11 @@ class Processor:
     async def _process(
         self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], route: Route, decoded: Any
     ) -> None:
+        """Handle one record to its end: outputs published, or dead-lettered, or dropped.
+
+        Only a cancellation (shutdown, revoked partition) leaves it unfinished, for the next
+        owner to handle again.
+        """
         started = time.perf_counter()
         outcome = "ok"
         ctx = extract_context(record.headers)
@@ -285,14 +336,22 @@ class Processor:
             f"process {record.topic}", context=ctx, kind=trace.SpanKind.CONSUMER
         ):
             try:
-                if isinstance(decoded, PermanentError):
+                if isinstance(decoded, Exception):
                     raise decoded
                 outputs = await self._handle(route, decoded, record)
-            except PermanentError as exc:
-                outcome = "dead_lettered"
-                await self._dead_letter(record, exc, attempts=getattr(exc, "attempts", 1))
-            else:
                 await self._publish(outputs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not isinstance(exc, PermanentError):  # a bug, or outputs the broker refused
+                    log.exception("%s: %s@%d failed unexpectedly",
+                                  self.name, record.topic, record.offset)  # fmt: skip
+                attempts = getattr(exc, "attempts", 1)
+                sent = await dead_letter(
+                    self._publisher, self._dlq_topic, record, exc,
+                    attempts=attempts, service=self.name, retry_backoff=self._backoff,
+                )  # fmt: skip
+                outcome = "dead_lettered" if sent else "dropped"
         offsets = self._offsets.get(tp)
         if offsets is not None:
             offsets.finish(record.offset)
@@ -309,19 +368,19 @@ class Processor:
             )
             try:
                 if isinstance(event, PayloadRef):  # fetch failures are retried like handlers
-                    event = decode(route.adapter, await self._fetch_payload(event))
+                    event = _keyed(record, decode(route.adapter, await self._fetch_payload(event)))
                 return await route.handler(event, context)
             except PermanentError:
                 raise
             except Exception as exc:
                 if attempt == self._max_attempts:
-                    error = PermanentError(f"failed after {attempt} attempts: {exc!r}")
+                    error = PermanentError(f"failed after {attempt} attempts: {clip(repr(exc))}")
                     error.attempts = attempt  # type: ignore[attr-defined]
                     raise error from exc
                 delay = min(self._backoff[1], self._backoff[0] * 2 ** (attempt - 1))
                 log.warning(
-                    "%s: %s@%d attempt %d failed (%r); retrying in %.2fs",
-                    self.name, record.topic, record.offset, attempt, exc, delay,
+                    "%s: %s@%d attempt %d failed (%s); retrying in %.2fs",
+                    self.name, record.topic, record.offset, attempt, clip(repr(exc)), delay,
                 )  # fmt: skip
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
         raise AssertionError("unreachable")
@@ -340,41 +399,18 @@ class Processor:
             await self._publish_all([emit for emit in outputs if emit.stage == stage])
 
     async def _publish_all(self, outputs: Sequence[Emit]) -> None:
+        """Retry while the broker is unavailable; an error retrying cannot fix is raised (the
+        record is then dead-lettered)."""
         delay = self._backoff[0]
         while True:
             try:
                 await self._publisher.publish(outputs)
                 return
             except KafkaError as exc:
-                log.warning("%s: publish failed (%r); retrying in %.2fs", self.name, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(self._backoff[1], delay * 2)
-
-    async def _dead_letter(
-        self, record: ConsumerRecord[bytes, bytes], error: Exception, attempts: int
-    ) -> None:
-        log.error(
-            "%s: %s[%d]@%d dead-lettered: %s",
-            self.name, record.topic, record.partition, record.offset, error,
-        )  # fmt: skip
-        headers = [
-            ("stepbus.error", str(error)[:4000].encode()),
-            ("stepbus.error.type", type(error).__name__.encode()),
-            ("stepbus.origin.topic", record.topic.encode()),
-            ("stepbus.origin.partition", str(record.partition).encode()),
-            ("stepbus.origin.offset", str(record.offset).encode()),
-            ("stepbus.attempts", str(attempts).encode()),
-            ("stepbus.service", self.name.encode()),
-            *[(k, v) for k, v in (record.headers or ()) if not k.startswith("stepbus.")],
-        ]
-        delay = self._backoff[0]
-        while True:
-            try:
-                await self._publisher.send_raw(self._dlq_topic, record.value, record.key, headers)
-                DLQ_RECORDS.labels(self.name, record.topic).inc()
-                return
-            except KafkaError as exc:
-                log.warning("%s: DLQ publish failed (%r); retrying", self.name, exc)
+                if not getattr(exc, "retriable", False):
+                    raise
+                log.warning("%s: publish failed (%s); retrying in %.2fs",
+                            self.name, clip(repr(exc)), delay)  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(self._backoff[1], delay * 2)
 
@@ -407,7 +443,7 @@ class Processor:
         try:
             await self._consumer.commit(offsets)
         except KafkaError as exc:  # rebalancing: the next owner re-reads from the last commit
-            log.warning("%s: commit failed (%r)", self.name, exc)
+            log.warning("%s: commit failed (%s)", self.name, clip(repr(exc)))
             return
         for tp, position in offsets.items():
             self._offsets[tp].committed = position
@@ -462,6 +498,16 @@ class Processor:
         self._restoring -= assigned
         if not self._paused:
             self._consumer.resume(*(assigned & self._consumer.assignment()))
+
+
+def _keyed(record: ConsumerRecord[bytes, bytes], event: Any) -> Any:
+    """``event``, checked to be keyed by its subject: a task's events must share its key, or
+    they would not stay in order in one partition (and one replica's state)."""
+    subject = getattr(event, "subject", None)
+    if subject is not None and record.key != subject.encode():
+        key = "none" if record.key is None else repr(clip(record.key.decode(errors="replace"), 80))
+        raise DecodeError(f"record key {key} is not the event's subject {clip(subject, 80)!r}")
+    return event
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -27,6 +27,10 @@ class Emit:
     """Outputs of one record go out in stages: none of stage n+1 is sent before every output
     of stage n is acknowledged. An LLM decision (stage 0) is on the journal before the tool
     calls it asks for (stage 1); a state snapshot (last stage) proves everything before it."""
+    key: str | None = None
+    """The record key when it is not the event's subject (a state record stored in parts)."""
+    partition: int | None = None
+    """An explicit partition, for records that must sit with their task whatever their key."""
 
 
 class EventPublisher:
@@ -60,6 +64,8 @@ class EventPublisher:
             compression_type=None,
         )
         self._claim_check_threshold = claim_check_threshold
+        self.max_request_size = max_request_size
+        """The largest record the producer sends, in bytes (dead letters are cut to fit)."""
         self.payloads: PayloadStore | None = None
         """The claim-check store (None when disabled); hand it to the ``Processor``."""
         if payloads_topic is not None:
@@ -100,7 +106,8 @@ class EventPublisher:
                 await self._producer.send(
                     emit.topic,
                     value=value,
-                    key=emit.event.subject.encode(),
+                    key=(emit.key or emit.event.subject).encode(),
+                    partition=emit.partition,
                     headers=headers,
                 )
             )

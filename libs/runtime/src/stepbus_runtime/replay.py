@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from .claimcheck import PayloadStore
+from .claimcheck import ClaimCheckError, PayloadStore
+from .logs import clip
 
-__all__ = ["iter_latest", "iter_to_end", "read_latest", "read_to_end"]
+log = logging.getLogger(__name__)
+
+__all__ = ["iter_latest", "iter_to_end", "read_latest", "read_to_end", "resolve_or_skip"]
 
 
 async def iter_to_end(
@@ -80,10 +84,24 @@ async def iter_latest(
 
     How services load a state topic. The caller decodes each value; the event loop gets a
     turn every few hundred records, so decoding a big topic never starves the consumer
-    group's heartbeats (a member that misses them is evicted, and would load again).
+    group's heartbeats (a member that misses them is evicted, and would load again). A record
+    whose claim check cannot be resolved (malformed, expired, forged) is logged and skipped: one
+    bad record must not stop a service from loading its state.
     """
     for index, record in enumerate((await read_latest(consumer, partitions)).values()):
-        value = record.value if payloads is None else await payloads.resolve(record.value)
-        yield record, value
+        value = await resolve_or_skip(payloads, record)
+        if value is not None:
+            yield record, value
         if index % 256 == 255:
             await asyncio.sleep(0)
+
+
+async def resolve_or_skip(payloads: PayloadStore | None, record: Any) -> bytes | None:
+    """``record``'s value with its claim check resolved; None (logged) when it cannot be."""
+    if payloads is None:
+        return record.value  # type: ignore[no-any-return]
+    try:
+        return await payloads.resolve(record.value)
+    except ClaimCheckError as exc:
+        log.error("%s[%d]@%d skipped: %s", record.topic, record.partition, record.offset, clip(exc))
+        return None

@@ -7,6 +7,8 @@ import os
 
 from opentelemetry import trace
 
+from .logs import install_clipping
+
 __all__ = ["setup_telemetry"]
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,7 @@ def setup_telemetry(service_name: str) -> None:
         level=os.environ.get("STEPBUS_LOG_LEVEL", "INFO").upper(),
         format=f"%(asctime)s {service_name} %(levelname)s %(name)s: %(message)s",
     )
+    install_clipping()  # no log line grows with what a crafted record holds
     # Per-request INFO lines of the clients: one per LLM call or fetch is noise, and CPU.
     for name in ("aiokafka", "httpx", "httpx2", "httpcore", "httpcore2"):
         logging.getLogger(name).setLevel(logging.WARNING)

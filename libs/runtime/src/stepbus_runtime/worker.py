@@ -82,7 +82,7 @@ async def run_worker(
     try:
         if on_started is not None:
             await on_started()
-        server = await serve_health(settings.metrics_host, metrics_port, lambda: processor.ready)
+        server = await serve_health(settings.metrics_host, metrics_port, processor.health)
         tune_gc()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
