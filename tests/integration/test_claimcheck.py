@@ -120,7 +120,7 @@ async def test_bad_claim_references_are_dead_lettered_with_a_clear_error(
     attributes = event.model_dump(mode="json", exclude={"data", "datacontenttype"})
     bad_refs = {
         b"corrupt": {**ref.model_dump(), "sha256": "0" * 64},
-        b"missing": {**ref.model_dump(), "offsets": [ref.offsets[-1] + 1000]},
+        b"missing": {**ref.model_dump(), "offsets": [o + 1000 for o in ref.offsets]},
         b"malformed": {"topic": topics.payloads},
         b"elsewhere": {**ref.model_dump(), "topic": topics.results},
     }

@@ -10,7 +10,7 @@ from stepbus_runtime import ClaimCheckError, PayloadRef, encode
 from stepbus_runtime.claimcheck import claim_reference, claim_value
 
 REF = PayloadRef(
-    id="p1", topic="stepbus.payloads", partition=2, offsets=[7, 8], size=10, sha256="a" * 64
+    id="0" * 32, topic="stepbus.payloads", partition=2, offsets=[7], size=10, sha256="a" * 64
 )
 
 

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import from_json
 from stepbus_contracts import CloudEvent
 
+from .admin import topic_partitions
 from .errors import PermanentError, RetryableError
 
 __all__ = [
@@ -144,6 +145,7 @@ class PayloadStore:
         fetch_timeout: float = 10.0,
     ) -> None:
         self.topic = topic
+        self._bootstrap = bootstrap_servers
         self._owns_producer = producer is None
         self._producer = producer or AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
@@ -240,8 +242,7 @@ class PayloadStore:
         now = time.monotonic()
         cached = self._partitions
         if cached is None or (partition >= cached[1] and now - cached[0] > 1.0):
-            await self._consumer.topics()  # refreshes the cluster metadata
-            count = len(self._consumer.partitions_for_topic(self.topic) or ())
+            count = len(await topic_partitions(self._bootstrap, self.topic))
             cached = self._partitions = (now, count)
         return cached[1]
 
