@@ -22,8 +22,15 @@ __all__ = [
 ]
 
 FailureReason = Literal[
-    "max_iterations", "deadline", "token_budget", "llm_error", "invalid_task", "internal"
+    "max_iterations",
+    "deadline",
+    "token_budget",
+    "llm_error",
+    "invalid_task",
+    "task_id_conflict",
+    "internal",
 ]
+"""Why a task failed; see ``TaskFailedData.reason``. New reasons are added, never renamed."""
 
 
 class TaskProgressData(EventData):
@@ -64,7 +71,13 @@ class TaskCompleted(CloudEvent):
 class TaskFailedData(EventData):
     """Why the task ended without an answer."""
 
-    reason: FailureReason = Field(description="Machine-readable cause.")
+    reason: FailureReason = Field(
+        description="Machine-readable cause: `max_iterations` (no final answer within the "
+        "task's steps), `deadline` (its wall-clock budget ran out), `token_budget` (its token "
+        "budget ran out), `llm_error` (the model could not be reached or answered nonsense), "
+        "`invalid_task` (e.g. unknown tools), `task_id_conflict` (the task id is held by "
+        "another tenant: submit with another task id), `internal` (a stepbus fault)."
+    )
     message: str = Field(description="Human-readable explanation.")
     steps: int = Field(default=0, ge=0, description="LLM steps taken before failing.")
     usage: TokenUsage = Field(default_factory=TokenUsage, description="Tokens consumed.")
