@@ -73,9 +73,11 @@ async def test_a_decision_recorded_further_down_the_journal_is_not_asked_again()
     decided = next(e for e in loop.history if isinstance(e, LlmDecided))
     calls_before = len(loop.model.calls)
 
-    # Recovery: a replica restored from a snapshot taken *before* step 0 was decided, and found
-    # the step 0 decision in the journal tail while taking over the partition.
+    # Recovery: a replica restored from a snapshot taken *before* step 0 was decided (the one
+    # written when the task was accepted), and found the step 0 decision in the journal tail
+    # while taking over the partition.
     fresh = Loop(calculator_model(), hold_tool_calls=True)
+    assert fresh.store._restore(loop.snapshots[0].event.model_dump_json().encode(), 0) == 1
     fresh.store._remember(decided.model_dump_json().encode())
     accepted = next(e for e in loop.history if e.type == "stepbus.task.accepted")
     outputs = await fresh.deliver(accepted)

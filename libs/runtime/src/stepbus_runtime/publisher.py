@@ -114,7 +114,15 @@ class EventPublisher:
         await asyncio.gather(*futures)
 
     async def send_raw(
-        self, topic: str, value: bytes | None, key: bytes | None, headers: Headers
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers,
+        *,
+        partition: int | None = None,
     ) -> None:
-        """Send bytes as they are (used for dead letters) and wait for the acknowledgement."""
-        await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
+        """Send bytes as they are (dead letters, tombstones) and wait for the acknowledgement."""
+        await self._producer.send_and_wait(
+            topic, value=value, key=key, headers=headers, partition=partition
+        )

@@ -8,6 +8,7 @@ import time
 
 import httpx2
 import openai
+from redis.asyncio import Redis
 from stepbus_contracts import history_adapter, tasks_adapter, utcnow
 from stepbus_runtime import (
     Emit,
@@ -21,6 +22,7 @@ from stepbus_runtime import (
 )
 
 from .adapters.openai_chat import OpenAIChatModel
+from .adapters.redis_event_ids import RedisEventIds
 from .catalog import ToolCatalog
 from .handlers import PlannerHandlers
 from .settings import PlannerSettings
@@ -86,6 +88,12 @@ async def main(settings: PlannerSettings | None = None) -> None:
             timeout=settings.llm_timeout_seconds,
         ),
     )
+    redis = Redis.from_url(
+        settings.redis_url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0
+    )
+    event_ids = RedisEventIds(
+        redis, namespace=topics.prefix, ttl_seconds=settings.event_id_ttl_seconds
+    )
     catalog = ToolCatalog(settings.kafka_bootstrap_servers, topics.tool_catalog)
     publisher = service_publisher(settings, "stepbus-planner")
     states = TaskStates(
@@ -103,6 +111,7 @@ async def main(settings: PlannerSettings | None = None) -> None:
         tool_timeout_seconds=settings.tool_timeout_seconds,
         clock=utcnow,
         system_prompt=settings.system_prompt,
+        event_ids=event_ids,
     )
     processor = service_processor(
         settings,
@@ -124,3 +133,4 @@ async def main(settings: PlannerSettings | None = None) -> None:
             await sweeper
         await catalog.stop()
         await client.close()
+        await redis.aclose()

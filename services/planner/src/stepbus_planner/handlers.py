@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -32,10 +34,11 @@ from stepbus_contracts import (
     derive_id,
     idempotency_key,
 )
-from stepbus_runtime import Emit, RecordContext, RetryableError
+from stepbus_runtime import Emit, PermanentError, RecordContext, RetryableError, clip
+from stepbus_runtime.metrics import DROPPED_RECORDS
 
 from .catalog import ToolCatalog
-from .ports import ChatModel, ModelError, ModelTurn
+from .ports import ChatModel, EventIds, EventIdsUnavailable, ModelError, ModelTurn
 from .react import (
     SYSTEM_PROMPT,
     AskModel,
@@ -48,8 +51,11 @@ from .react import (
 )
 from .state import HistoryEventT, TaskState, fold
 from .store import TaskStates
+from .trust import owner, refusal
 
 __all__ = ["PlannerHandlers"]
+
+log = logging.getLogger(__name__)
 
 _SOURCE = "urn:stepbus:planner"
 _RECORD, _EFFECT = 0, 1
@@ -69,6 +75,8 @@ class PlannerHandlers:
         tool_timeout_seconds: Time limit handed to each tool call.
         clock: Current time (injectable for tests).
         system_prompt: Overrides the default system prompt.
+        event_ids: The index of public event ids seen (a reused id with another body is
+            dead-lettered); None disables the check.
     """
 
     def __init__(
@@ -82,7 +90,9 @@ class PlannerHandlers:
         tool_timeout_seconds: float = 30.0,
         clock: Callable[[], datetime],
         system_prompt: str | None = None,
+        event_ids: EventIds | None = None,
     ) -> None:
+        self._event_ids = event_ids
         self._model = model
         self._store = store
         self._catalog = catalog
@@ -98,11 +108,24 @@ class PlannerHandlers:
     async def on_task(
         self, event: TaskSubmitted | TaskCancelRequested, context: RecordContext
     ) -> Sequence[Emit]:
-        """Accept a submitted task, or cancel a running one."""
+        """Accept a submitted task, or cancel a running one.
+
+        A task belongs to the tenant that submitted it: a submission of a task id another
+        tenant holds fails for the submitting tenant only (``task_id_conflict``, on results,
+        never on the owner's journal), and a cancellation from another tenant is refused.
+
+        Raises:
+            PermanentError: The event's id was used before for a different event.
+        """
+        await self._check_event_id(event)
         state = self._store.get(event.subject, event.tenant)
+        holder = owner(state)
         if isinstance(event, TaskCancelRequested):
-            if state.ended or (state.task is None and state.submitted_id is None):
+            if holder is None or state.ended:
                 return []  # finished, or never submitted: nothing to cancel
+            if holder != event.tenant:
+                self._refuse(event, context, "foreign_tenant")
+                return []
             return self._end(
                 state,
                 context.partition,
@@ -111,6 +134,17 @@ class PlannerHandlers:
                     data=TaskCancelledData(reason=event.data.reason, steps=len(state.decisions)),
                 ),
             )
+        if holder is not None and holder != event.tenant:
+            self._refuse(event, context, "task_id_conflict")
+            conflict = TaskFailed(
+                **_envelope(event, "conflict"),
+                data=TaskFailedData(
+                    reason="task_id_conflict",
+                    message=f"task id {event.subject!r} is taken; submit with another task id",
+                    metadata=event.data.metadata,
+                ),
+            )
+            return [Emit(self._topics.results, conflict)]  # to the submitter, not the journal
         if state.task is not None or state.ended or state.submitted_id not in (None, event.id):
             return []  # a duplicate submission of a task already running or finished
         # A redelivery of the submission we accepted re-emits the same (same-id) acceptance,
@@ -152,26 +186,62 @@ class PlannerHandlers:
         snapshot = self._store.put(
             state.model_copy(update={"submitted_id": event.id}), context.partition
         )
-        return [Emit(self._topics.planner_history, accepted), snapshot]
+        return [Emit(self._topics.planner_history, accepted), *snapshot]
 
     def on_task_arrival(self, event: TaskSubmitted | TaskCancelRequested) -> None:
-        """A cancellation interrupts the task's running LLM call at once (not after it)."""
+        """A cancellation interrupts the task's running LLM call at once (not after it), if it
+        comes from the task's own tenant."""
         if isinstance(event, TaskCancelRequested):
             call = self._llm_calls.get(event.subject)
-            if call is not None:
+            state = self._store.get(event.subject, event.tenant)
+            if call is not None and owner(state) == event.tenant:
                 call.cancel()
+
+    async def _check_event_id(self, event: TaskSubmitted | TaskCancelRequested) -> None:
+        if self._event_ids is None:
+            return
+        content = event.model_dump_json(include={"type", "subject", "tenant", "data"})
+        fingerprint = hashlib.blake2b(content.encode(), digest_size=16).hexdigest()
+        try:
+            seen = await self._event_ids.claim(event.source, event.id, fingerprint)
+        except EventIdsUnavailable as exc:  # a guard, not state: go on without it
+            log.warning("event id %s not checked: %s", clip(event.id, 80), exc)
+            DROPPED_RECORDS.labels("planner", self._topics.tasks, "id_check_skipped").inc()
+            return
+        if seen is not None:
+            raise PermanentError(
+                f"event id {clip(event.id, 80)!r} from source {clip(event.source, 80)!r} was "
+                "already used for a different event; give every event its own id"
+            )
+
+    def _refuse(self, event: CloudEvent, context: RecordContext, reason: str) -> None:
+        """Log and count an event the planner will not act on."""
+        log.warning(
+            "%s %s for task %s (tenant %s) refused: %s",
+            context.topic, event.type, clip(event.subject, 80), clip(event.tenant, 40), reason,
+        )  # fmt: skip
+        DROPPED_RECORDS.labels("planner", context.topic, reason).inc()
 
     # -- planner.history ------------------------------------------------------------------
 
     async def on_history(self, event: HistoryEventT, context: RecordContext) -> Sequence[Emit]:
         """Fold a journal event into the task's state and make the next move.
 
-        A new decision is folded at once and its move made in the same pass: the decision is
-        published first (stage 0) and its tool calls or terminal event only once it is
-        acknowledged (stage 1), so a tool never runs for a decision that is not on the journal,
-        and the decision's own record, read back later, is a duplicate (ADR-1).
+        Only what the planner can check is folded (``trust.refusal``): anything else is
+        dropped without a snapshot or progress, logged and counted. A new decision is folded
+        at once and its move made in the same pass: the decision is published first (stage 0)
+        and its tool calls or terminal event only once it is acknowledged (stage 1), so a tool
+        never runs for a decision that is not on the journal, and the decision's own record,
+        read back later, is a duplicate (ADR-1).
         """
-        state, changed = fold(self._store.get(event.subject, event.tenant), event)
+        state = self._store.get(event.subject, event.tenant)
+        if state.ended:
+            return []  # a late or duplicate event of an ended task
+        problem = refusal(state, event, self._clock())
+        if problem is not None:
+            self._refuse(event, context, problem)
+            return []
+        state, changed = fold(state, event)
         if not changed:
             return []  # duplicate (e.g. a decision this planner folded when it made it)
         outputs = [Emit(self._topics.results, p) for p in _progress(event)]
@@ -184,7 +254,7 @@ class PlannerHandlers:
             if isinstance(decided, TaskFailed):
                 return [*outputs, *self._end(state, context.partition, decided)]
             if decided == "recorded":  # on the journal already: moved on when it arrives
-                return [*outputs, self._store.put(state, context.partition)]
+                return [*outputs, *self._store.put(state, context.partition)]
             state, _ = fold(state, decided)
             outputs.append(Emit(self._topics.planner_history, decided, stage=_RECORD))
             outputs.extend(Emit(self._topics.results, p, stage=_EFFECT) for p in _progress(decided))
@@ -194,7 +264,7 @@ class PlannerHandlers:
         elif isinstance(move, Finish | Fail):
             terminal = self._terminal(state, cause, move)
             return [*outputs, *self._end(state, context.partition, terminal)]
-        return [*outputs, self._store.put(state, context.partition)]
+        return [*outputs, *self._store.put(state, context.partition)]
 
     async def expire(self, task_id: str, tenant: str) -> Sequence[Emit]:
         """End a task whose deadline passed while it waited (e.g. on a tool that never answers)."""
@@ -321,7 +391,7 @@ class PlannerHandlers:
         return [
             Emit(self._topics.planner_history, terminal, stage=_EFFECT),
             Emit(self._topics.results, terminal, stage=_EFFECT),
-            snapshot,
+            *snapshot,
         ]
 
 

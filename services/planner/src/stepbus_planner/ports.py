@@ -7,7 +7,14 @@ from typing import Any, Protocol
 
 from stepbus_contracts import TokenUsage
 
-__all__ = ["ChatModel", "ModelError", "ModelToolCall", "ModelTurn"]
+__all__ = [
+    "ChatModel",
+    "EventIds",
+    "EventIdsUnavailable",
+    "ModelError",
+    "ModelToolCall",
+    "ModelTurn",
+]
 
 
 @dataclass(frozen=True)
@@ -50,5 +57,27 @@ class ChatModel(Protocol):
 
         Raises:
             ModelError: The call failed after the adapter's own retries.
+        """
+        ...
+
+
+class EventIdsUnavailable(Exception):
+    """The event id index cannot be reached; the caller decides whether to go on without it."""
+
+
+class EventIds(Protocol):
+    """Which event ids of the public input were seen, with what content (a dedupe index).
+
+    CloudEvents ids are unique per source; consumers drop duplicates by id. An id reused for
+    a different event (another task, another body) must not run: the index remembers a
+    fingerprint of the first event seen under each (source, id).
+    """
+
+    async def claim(self, source: str, event_id: str, fingerprint: str) -> str | None:
+        """Record ``fingerprint`` for the id unless one is recorded; return the recorded one
+        when it differs (None when the id is new or seen with the same fingerprint).
+
+        Raises:
+            EventIdsUnavailable: The index cannot be reached.
         """
         ...

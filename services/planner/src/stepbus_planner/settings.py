@@ -50,3 +50,15 @@ class PlannerSettings(ServiceSettings):
         "(a re-published submission included) change nothing; then its snapshot is "
         "tombstoned and a submission with the same id runs again.",
     )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "STEPBUS_PLANNER_REDIS_URL"),
+        description="Redis holding the index of public event ids seen (a guard: a flush only "
+        "forgets ids seen before it; when Redis is unreachable the check is skipped, logged).",
+    )
+    event_id_ttl_seconds: int = Field(
+        default=86_400,
+        ge=60,
+        description="How long a public event id is remembered: an id reused for a different "
+        "event within it is dead-lettered.",
+    )

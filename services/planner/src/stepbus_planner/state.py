@@ -1,8 +1,14 @@
 """A task's planner state as a pure fold over its history events.
 
-The first event for a (step, kind) wins: folding a duplicate, or a second decision for a step
-that already has one, changes nothing. So a redelivered record is harmless and replaying the
-history rebuilds exactly the state the planner had.
+The fold is a union of recorded facts in which the first event for a (step, kind) wins: the
+acceptance, one decision per step, one outcome per tool call, one terminal. Folding a
+duplicate, or a second decision for a step that already has one, changes nothing, and since a
+valid history holds no two different events for one (step, kind), any order and any number of
+redeliveries of it fold to the same state. So a redelivered record is harmless and replaying
+the history rebuilds exactly the state the planner had.
+
+What the planner trusts is decided before folding, by the handlers (``trust``): the fold
+records, it does not judge.
 """
 
 from __future__ import annotations
@@ -77,8 +83,6 @@ class TaskState(BaseModel):
 
 def fold(state: TaskState, event: HistoryEventT) -> tuple[TaskState, bool]:
     """Apply one history event; returns the new state and whether anything changed."""
-    if state.ended:
-        return state, False
     if isinstance(event, TaskAccepted):
         if state.task is not None:
             return state, False
@@ -94,4 +98,6 @@ def fold(state: TaskState, event: HistoryEventT) -> tuple[TaskState, bool]:
         if key in state.outcomes:
             return state, False
         return state.model_copy(update={"outcomes": {**state.outcomes, key: event.data}}), True
+    if state.terminal is not None:
+        return state, False
     return state.model_copy(update={"terminal": event.type}), True

@@ -12,6 +12,12 @@ and remembers the LLM decisions it finds: a record redelivered after a crash may
 step the previous owner already recorded further down the journal, and that decision is reused
 instead of asking the model again.
 
+A snapshot's size is bounded whatever the task's length: the steps of a task are sealed in
+segments of ``SEGMENT_STEPS`` once complete, each written once as its own record (key
+``<task id>#<n>``, on the task's partition), and the task's snapshot holds only the steps not
+yet sealed and the number of segments. A 1,000-step task writes each step about twice, not
+1,000 times (O(steps) bytes, not O(steps²)).
+
 An ended task keeps a compact record (what recognises its late or duplicate events) for a
 retention period; then it is forgotten and its snapshot key tombstoned, so neither memory nor
 the snapshot topic — and so neither restore time — grows with every task ever run.
@@ -22,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
@@ -35,17 +41,31 @@ from stepbus_contracts import (
     history_adapter,
     snapshot_adapter,
 )
-from stepbus_runtime import Emit, EventPublisher, PayloadStore, iter_latest, read_to_end
+from stepbus_runtime import (
+    Emit,
+    EventPublisher,
+    PayloadStore,
+    clip,
+    iter_latest,
+    read_to_end,
+    resolve_or_skip,
+)
 
 from .state import TaskState
 
-__all__ = ["SNAPSHOT_STAGE", "STATE_VERSION", "TaskStates"]
+__all__ = ["SEGMENT_STAGE", "SEGMENT_STEPS", "SNAPSHOT_STAGE", "STATE_VERSION", "TaskStates"]
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-SNAPSHOT_STAGE = 2
-"""Snapshots go out last: after decisions (stage 0) and their effects (stage 1)."""
+SEGMENT_STAGE = 2
+"""Sealed segments go out after decisions (stage 0) and their effects (stage 1)..."""
+SNAPSHOT_STAGE = 3
+"""...and the snapshot that counts them last: a snapshot on the log proves its segments."""
+SEGMENT_STEPS = 16
+"""Steps per sealed segment."""
+
+_SOURCE = "urn:stepbus:planner"
 
 
 class _Ended(NamedTuple):
@@ -56,6 +76,8 @@ class _Ended(NamedTuple):
     """The type of its terminal event (set for every ended task)."""
     at: float
     """When it ended, epoch seconds."""
+    segments: int = 0
+    """Sealed segments of its steps, tombstoned with its snapshot when it is forgotten."""
 
 
 class TaskStates:
@@ -82,6 +104,7 @@ class TaskStates:
         self._states: dict[str, TaskState] = {}  # tasks not ended
         self._ended: dict[str, _Ended] = {}  # in ending order; a few hundred bytes each
         self._partition: dict[str, int] = {}
+        self._sealed: dict[str, int] = {}  # segments on the log, per running task
         self._recorded: dict[tuple[str, int], LlmDecidedData] = {}
 
     # -- state ---------------------------------------------------------------------------
@@ -96,22 +119,38 @@ class TaskStates:
             return TaskState(task_id=task_id, tenant=ended.tenant, terminal=ended.terminal)
         return TaskState(task_id=task_id, tenant=tenant)
 
-    def put(self, state: TaskState, partition: int | None) -> Emit:
-        """Keep the new state and return its snapshot, to be published after the outputs."""
-        if state.ended:  # ended tasks keep only what recognises late or duplicate events
-            state = TaskState(task_id=state.task_id, tenant=state.tenant, terminal=state.terminal)
-            for key in [k for k in self._recorded if k[0] == state.task_id]:
-                del self._recorded[key]
-            self._states.pop(state.task_id, None)
-            if state.task_id not in self._ended:
-                self._ended[state.task_id] = _Ended(state.tenant, state.terminal, time.time())
-        else:
-            self._states[state.task_id] = state
+    def put(self, state: TaskState, partition: int | None) -> list[Emit]:
+        """Keep the new state and return its snapshot records, to be published after the
+        outputs: the segments it seals (``SEGMENT_STAGE``), then the snapshot itself."""
+        task_id = state.task_id
         if partition is not None:
-            self._partition[state.task_id] = partition
+            self._partition[task_id] = partition
+        partition = self._partition.get(task_id)
+        emits: list[Emit] = []
+        if state.ended:  # ended tasks keep only what recognises late or duplicate events
+            sealed = self._sealed.pop(task_id, 0)
+            if task_id in self._ended:
+                sealed = max(sealed, self._ended[task_id].segments)
+            state = TaskState(task_id=task_id, tenant=state.tenant, terminal=state.terminal)
+            for key in [k for k in self._recorded if k[0] == task_id]:
+                del self._recorded[key]
+            self._states.pop(task_id, None)
+            if task_id not in self._ended:
+                self._ended[task_id] = _Ended(state.tenant, state.terminal, time.time(), sealed)
+            head = state
+        else:
+            self._states[task_id] = state
+            sealed = self._sealed.get(task_id, 0)
+            sealable = max(state.step, 0) // SEGMENT_STEPS
+            for index in range(sealed, sealable):
+                emits.append(self._segment(state, index, partition))
+            sealed = self._sealed[task_id] = max(sealed, sealable)
+            head = _steps_from(state, sealed * SEGMENT_STEPS)
+        document = head.model_dump(mode="json")
+        document["segments"] = sealed
         snapshot = StateSnapshot(
             id=derive_id(  # one id per distinct state: the fold only ever grows it
-                state.task_id,
+                task_id,
                 "snapshot",
                 state.submitted_id is not None,
                 state.task is not None,
@@ -119,14 +158,40 @@ class TaskStates:
                 len(state.outcomes),
                 state.terminal,
             ),
-            source="urn:stepbus:planner",
+            source=_SOURCE,
+            subject=task_id,
+            tenant=state.tenant,
+            data=StateSnapshotData(service="planner", version=STATE_VERSION, state=document),
+        )
+        emits.append(Emit(self._snapshots, snapshot, stage=SNAPSHOT_STAGE))
+        return emits
+
+    def _segment(self, state: TaskState, index: int, partition: int | None) -> Emit:
+        """The record sealing steps ``[index * SEGMENT_STEPS, (index + 1) * SEGMENT_STEPS)``."""
+        first, end = index * SEGMENT_STEPS, (index + 1) * SEGMENT_STEPS
+        part = state.model_copy(
+            update={
+                "decisions": {s: d for s, d in state.decisions.items() if first <= s < end},
+                "outcomes": {k: o for k, o in state.outcomes.items() if first <= o.step < end},
+            }
+        ).model_dump(mode="json", include={"decisions", "outcomes"})
+        event = StateSnapshot(
+            id=derive_id(state.task_id, "segment", index),
+            source=_SOURCE,
             subject=state.task_id,
             tenant=state.tenant,
             data=StateSnapshotData(
-                service="planner", version=STATE_VERSION, state=state.model_dump(mode="json")
+                service="planner", version=STATE_VERSION, state={"segment": index, **part}
             ),
         )
-        return Emit(self._snapshots, snapshot, stage=SNAPSHOT_STAGE)
+        # Keyed apart from the snapshot, but on the task's partition: restored with it.
+        return Emit(
+            self._snapshots,
+            event,
+            stage=SEGMENT_STAGE,
+            key=_segment_key(state.task_id, index),
+            partition=partition,
+        )
 
     def running(self) -> Iterator[TaskState]:
         """Tasks accepted and not ended."""
@@ -151,6 +216,10 @@ class TaskStates:
         """
         if task_id not in self._ended or task_id not in self._partition:
             return  # forgotten already, or its partition moved on meanwhile
+        partition = self._partition[task_id]
+        for index in range(self._ended[task_id].segments):
+            key = _segment_key(task_id, index).encode()
+            await publisher.send_raw(self._snapshots, None, key, [], partition=partition)
         await publisher.send_raw(self._snapshots, None, task_id.encode(), [])
         del self._ended[task_id], self._partition[task_id]
 
@@ -171,16 +240,21 @@ class TaskStates:
         await consumer.start()
         try:
             snapshots = [TopicPartition(self._snapshots, p) for p in history]
-            restored = 0
-            # Only each task's latest snapshot is decoded.
+            heads: list[tuple[bytes, int]] = []
+            segments: dict[str, dict[int, dict[str, Any]]] = {}
+            # Only each key's latest record is decoded.
             async for record, value in iter_latest(consumer, snapshots, self._payloads):
-                restored += self._restore(value, record.partition)
+                if b"#" in (record.key or b""):
+                    self._collect_segment(value, segments)
+                else:
+                    heads.append((value, record.partition))
+            restored = sum(self._restore(value, p, segments) for value, p in heads)
             self._ended = dict(sorted(self._ended.items(), key=lambda item: item[1].at))
             tail = [TopicPartition(self._history, p) for p in history]
             starts = {tp: history[tp.partition] for tp in tail}
             decisions = 0
             for record in await read_to_end(consumer, tail, starts):
-                decisions += self._remember(await self._resolve(record.value))
+                decisions += self._remember(await resolve_or_skip(self._payloads, record))
         finally:
             await consumer.stop()
         log.info(
@@ -194,31 +268,57 @@ class TaskStates:
         for task_id in [t for t, p in self._partition.items() if p in lost]:
             self._states.pop(task_id, None)
             self._ended.pop(task_id, None)
+            self._sealed.pop(task_id, None)
             del self._partition[task_id]
         for key in [k for k in self._recorded if self._partition.get(k[0]) is None]:
             del self._recorded[key]
 
-    async def _resolve(self, value: bytes | None) -> bytes | None:
-        return value if self._payloads is None else await self._payloads.resolve(value)
+    @staticmethod
+    def _collect_segment(value: bytes, segments: dict[str, dict[int, dict[str, Any]]]) -> None:
+        try:
+            snapshot = snapshot_adapter.validate_json(value)
+            index = int(snapshot.data.state["segment"])
+        except (ValidationError, ValueError, KeyError, TypeError) as exc:
+            log.error("unreadable snapshot segment skipped: %s", clip(exc))
+            return
+        segments.setdefault(snapshot.subject, {})[index] = snapshot.data.state
 
-    def _restore(self, value: bytes | None, partition: int) -> int:
-        if value is None:
-            return 0
+    def _restore(
+        self,
+        value: bytes,
+        partition: int,
+        segments: dict[str, dict[int, dict[str, Any]]] | None = None,
+    ) -> int:
+        segments = segments or {}
         try:
             snapshot = snapshot_adapter.validate_json(value)
             if snapshot.data.version != STATE_VERSION:
                 raise ValueError(f"unknown state version {snapshot.data.version}")
-            state = TaskState.model_validate(snapshot.data.state)
-        except (ValidationError, ValueError) as exc:
-            log.error("unreadable snapshot skipped: %s", exc)
+            document = dict(snapshot.data.state)
+            sealed = int(document.pop("segments", 0))
+            parts = segments.get(snapshot.subject, {})
+            if not document.get("terminal"):
+                if missing := [i for i in range(sealed) if i not in parts]:
+                    raise ValueError(f"segments {missing} of task {snapshot.subject} are missing")
+                decisions, outcomes = {}, {}
+                for index in range(sealed):
+                    decisions.update(parts[index].get("decisions", {}))
+                    outcomes.update(parts[index].get("outcomes", {}))
+                document["decisions"] = {**decisions, **document.get("decisions", {})}
+                document["outcomes"] = {**outcomes, **document.get("outcomes", {})}
+            state = TaskState.model_validate(document)
+        except (ValidationError, ValueError, TypeError) as exc:
+            log.error("unreadable snapshot skipped: %s", clip(exc))
             return 0
         self._partition[state.task_id] = partition
         if state.ended:  # when it ended is when its last snapshot was written
             self._states.pop(state.task_id, None)
+            self._sealed.pop(state.task_id, None)
             ended_at = snapshot.time.timestamp()
-            self._ended[state.task_id] = _Ended(state.tenant, state.terminal, ended_at)
+            self._ended[state.task_id] = _Ended(state.tenant, state.terminal, ended_at, sealed)
         else:
             self._states[state.task_id] = state
+            self._sealed[state.task_id] = sealed
         return 1
 
     def _remember(self, value: bytes | None) -> int:
@@ -230,3 +330,20 @@ class TaskStates:
             return 0
         self._recorded.setdefault((event.subject, event.data.step), event.data)
         return 1
+
+
+def _segment_key(task_id: str, index: int) -> str:
+    """A segment's record key: ``#`` never occurs in a task id, so keys cannot collide."""
+    return f"{task_id}#{index}"
+
+
+def _steps_from(state: TaskState, first: int) -> TaskState:
+    """``state`` without the steps before ``first`` (those sealed in segments)."""
+    if first == 0:
+        return state
+    return state.model_copy(
+        update={
+            "decisions": {s: d for s, d in state.decisions.items() if s >= first},
+            "outcomes": {k: o for k, o in state.outcomes.items() if o.step >= first},
+        }
+    )

@@ -1,0 +1,96 @@
+"""What the planner checks before it folds a journal event: it trusts only what it can check.
+
+``planner.history`` is written by the planner and the tool-executor (Kafka ACLs keep everyone
+else out: ``docs/security.md``), but a bug or a compromised writer must not be able to end,
+stretch or steer someone's task. So before folding, the planner refuses:
+
+- any event for a task owned by another tenant (a task belongs to the tenant that submitted it);
+- terminal events: the planner applies a terminal when it emits one (ADR-5), so one read back
+  is either its own duplicate or forged — never folded;
+- an acceptance it did not write: its task was not submitted here, it names another
+  submission, or its bounds are outside what a submission may ask for;
+- anything for a task it has no accepted state for (no snapshot, no progress: dropped);
+- a decision that is not the task's next step, and a tool outcome for a call no decision made.
+
+Pure functions: no Kafka, no clock of their own.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from stepbus_contracts import (
+    LlmDecided,
+    TaskAccepted,
+    TaskCancelled,
+    TaskCompleted,
+    TaskFailed,
+    ToolCallCompleted,
+    ToolCallFailed,
+    derive_id,
+    idempotency_key,
+)
+from stepbus_contracts.limits import MAX_DEADLINE_SECONDS
+
+from .state import HistoryEventT, TaskState
+
+__all__ = ["CLOCK_SKEW", "owner", "refusal"]
+
+CLOCK_SKEW = timedelta(minutes=5)
+"""Tolerance on a deadline read back: replicas' clocks differ a little."""
+
+
+def owner(state: TaskState) -> str | None:
+    """The tenant the task belongs to, or None for a task this planner never took."""
+    known = state.submitted_id is not None or state.task is not None or state.ended
+    return state.tenant if known else None
+
+
+def refusal(state: TaskState, event: HistoryEventT, now: datetime) -> str | None:
+    """Why ``event`` must not be folded into ``state`` (a metric label), or None to fold it.
+
+    A duplicate of something already folded is not refused: the fold ignores it.
+    """
+    holder = owner(state)
+    if holder is not None and holder != event.tenant:
+        return "foreign_tenant"
+    if isinstance(event, TaskCompleted | TaskFailed | TaskCancelled):
+        return "journal_terminal"
+    if isinstance(event, TaskAccepted):
+        return None if state.task is not None else _acceptance_refusal(state, event, now)
+    task = state.task
+    if task is None:
+        return "unknown_task"
+    if isinstance(event, LlmDecided):
+        step = event.data.step
+        if step in state.decisions:
+            return None
+        if step != state.step + 1 or step >= task.max_iterations:
+            return "unexpected_step"
+        if step > 0 and not state.step_complete(step - 1):
+            return "unexpected_step"
+        return None
+    if isinstance(event, ToolCallCompleted | ToolCallFailed):
+        data = event.data
+        decision = state.decisions.get(data.step)
+        planned = None
+        if decision is not None:
+            planned = next(
+                (c for c in decision.tool_calls if c.call_index == data.call_index), None
+            )
+        key = idempotency_key(state.task_id, data.step, data.call_index)
+        if planned is None or planned.name != data.name or data.idempotency_key != key:
+            return "unexpected_outcome"
+        return None
+    return None
+
+
+def _acceptance_refusal(state: TaskState, event: TaskAccepted, now: datetime) -> str | None:
+    submitted = state.submitted_id
+    if submitted is None or event.data.submitted_id != submitted:
+        return "unsubmitted_task"
+    if event.id != derive_id(submitted, "accepted"):
+        return "unsubmitted_task"  # the planner derives its acceptance's id from the submission
+    if event.data.deadline_at > now + timedelta(seconds=MAX_DEADLINE_SECONDS) + CLOCK_SKEW:
+        return "out_of_bounds"
+    return None
