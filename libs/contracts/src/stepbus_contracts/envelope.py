@@ -4,21 +4,75 @@ Records are CloudEvents in structured JSON mode: the whole event, attributes and
 is the record value, and the record key is the task id (``subject``). ``tenant`` is a
 CloudEvents extension attribute. Readers ignore attributes and fields they do not know, so
 the contract evolves by adding fields with defaults; a breaking change gets a new ``type``.
+
+Python code builds events with defaults (a fresh ``id``, ``source``, ``time``); a record read
+from the wire must carry ``specversion``, ``id``, ``source``, ``type``, ``subject`` and
+``data`` itself. Wire input is validated with ``strict=True`` (no coercion: ``"8"`` is not an
+integer) and ``context=WIRE_CONTEXT``, as ``stepbus_runtime.codec.decode`` does.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
 
-__all__ = ["DEFAULT_SOURCE", "DEFAULT_TENANT", "CloudEvent", "EventData", "derive_id", "utcnow"]
+from .limits import (
+    EXTENSION_NAME_PATTERN,
+    MAX_ATTRIBUTES,
+    MAX_EVENT_ID_LENGTH,
+    MAX_EXTENSION_LENGTH,
+    MAX_SOURCE_LENGTH,
+    MAX_TASK_ID_LENGTH,
+    MAX_TENANT_LENGTH,
+    RFC3339_PATTERN,
+    SOURCE_PATTERN,
+    TASK_ID_PATTERN,
+    TENANT_PATTERN,
+)
+
+__all__ = [
+    "DEFAULT_SOURCE",
+    "DEFAULT_TENANT",
+    "WIRE_ATTRIBUTES",
+    "WIRE_CONTEXT",
+    "CloudEvent",
+    "EventData",
+    "ExtensionValue",
+    "Timestamp",
+    "derive_id",
+    "utcnow",
+]
 
 DEFAULT_TENANT = "default"
 DEFAULT_SOURCE = "urn:stepbus"
 
+WIRE_ATTRIBUTES = frozenset({"specversion", "id", "source", "type", "subject", "data"})
+"""Attributes every event read from the wire must carry (``time`` and the rest may be absent)."""
+
+WIRE_CONTEXT: Mapping[str, bool] = MappingProxyType({"stepbus.wire": True})
+"""Validation context marking wire input: pass it with ``strict=True`` to ``validate_json``."""
+
 _ID_NAMESPACE = uuid.UUID("5b0c3f4e-2a59-4c1e-9a51-0d6f8e1b7c11")
+# fullmatch with the anchors stripped: Python's ``$`` would also match before a final newline.
+_RFC3339 = re.compile(RFC3339_PATTERN[1:-1])
+_EXTENSION_NAME = re.compile(EXTENSION_NAME_PATTERN[1:-1])
 
 
 def utcnow() -> datetime:
@@ -40,52 +94,121 @@ def derive_id(cause_id: str, *parts: object) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, name))
 
 
+def _timestamp(value: object) -> object:
+    """An RFC 3339 string parsed (pydantic's own parser also takes ``"1700000000"``, ``t``,
+    a space or no seconds); a datetime checked to be timezone-aware, so it encodes to one."""
+    if isinstance(value, str):
+        if _RFC3339.fullmatch(value) is None:
+            raise ValueError(
+                "not an RFC 3339 timestamp: write it like 2026-11-25T12:00:00Z "
+                "(upper-case T, seconds and a Z or ±hh:mm offset)"
+            )
+        return datetime.fromisoformat(value)  # refuses February 30 and year 0
+    if isinstance(value, datetime) and value.utcoffset() is None:
+        raise ValueError("a naive datetime has no offset: use a timezone-aware one (utcnow())")
+    return value
+
+
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(_timestamp),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": RFC3339_PATTERN}),
+]
+"""A timezone-aware instant, written as an RFC 3339 string (``RFC3339_PATTERN``)."""
+
+ExtensionValue = (
+    Annotated[StrictStr, Field(max_length=MAX_EXTENSION_LENGTH)]
+    | Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)]
+    | StrictBool
+)
+"""A CloudEvents extension attribute value: a bounded string, a 32-bit integer or a boolean."""
+
+
 class EventData(BaseModel):
     """Base of every ``data`` payload: frozen, and tolerant of fields added by newer writers."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
 
 class CloudEvent(BaseModel):
     """CloudEvents 1.0 attributes shared by every stepbus event.
 
-    Subclasses fix ``type`` to a literal wire name and give ``data`` its model.
+    Subclasses fix ``type`` to a literal wire name and give ``data`` its model. Attributes
+    this model does not name are CloudEvents extensions (``traceparent``, ...): readers
+    ignore them, but each must be an ``ExtensionValue`` under an ``EXTENSION_NAME_PATTERN``
+    name, and an event has at most ``MAX_ATTRIBUTES`` top-level attributes.
     """
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="allow", allow_inf_nan=False)
 
-    specversion: str = Field(
-        default="1.0", pattern=r"^1\.0$", description="CloudEvents spec version; always 1.0."
+    __pydantic_extra__: dict[str, ExtensionValue] = Field(init=False)
+
+    specversion: Literal["1.0"] = Field(
+        default="1.0", description="CloudEvents spec version; always 1.0."
     )
     type: str = Field(description="The event type, e.g. `stepbus.task.submitted`.")
     source: str = Field(
         default=DEFAULT_SOURCE,
         min_length=1,
-        description="URI-reference of the system that produced the event.",
+        max_length=MAX_SOURCE_LENGTH,
+        pattern=SOURCE_PATTERN,
+        description="URI-reference of the system that produced the event (printable ASCII, "
+        f"no spaces, at most {MAX_SOURCE_LENGTH} characters).",
     )
     id: str = Field(
         default_factory=lambda: str(uuid.uuid4()),
         min_length=1,
-        max_length=256,
+        max_length=MAX_EVENT_ID_LENGTH,
         description="Unique per source; consumers drop events whose id they have seen.",
     )
     subject: str = Field(
         min_length=1,
-        max_length=256,
-        pattern=r"^[A-Za-z0-9._:@/-]+$",
-        description="The task id. Also the Kafka record key, so a task's events stay in order.",
+        max_length=MAX_TASK_ID_LENGTH,
+        pattern=TASK_ID_PATTERN,
+        description="The task id: letters, digits and `. _ : @ -` (no `/`), at most "
+        f"{MAX_TASK_ID_LENGTH} characters. Also the Kafka record key, so a task's events "
+        "stay in order.",
     )
-    time: datetime = Field(default_factory=utcnow, description="When the event was produced.")
-    datacontenttype: str = Field(
+    time: Timestamp = Field(
+        default_factory=utcnow,
+        description="When the event was produced (RFC 3339, e.g. `2026-11-25T12:00:00Z`).",
+    )
+    datacontenttype: Literal["application/json"] = Field(
         default="application/json", description="Always `application/json`."
     )
     tenant: str = Field(
         default=DEFAULT_TENANT,
         min_length=1,
-        max_length=128,
-        pattern=r"^[A-Za-z0-9._-]+$",
+        max_length=MAX_TENANT_LENGTH,
+        pattern=TENANT_PATTERN,
         description="CloudEvents extension: the tenant that owns the task.",
     )
+
+    @model_validator(mode="after")
+    def _check_attributes(self, info: ValidationInfo) -> Self:
+        """Wire input names its required attributes; extensions stay few and well named."""
+        context = info.context
+        if isinstance(context, Mapping) and context.get("stepbus.wire"):
+            missing = WIRE_ATTRIBUTES - self.model_fields_set
+            if missing:
+                raise ValueError(
+                    f"missing CloudEvents attribute(s) {', '.join(sorted(missing))}: "
+                    f"an event on the wire carries all of {', '.join(sorted(WIRE_ATTRIBUTES))}"
+                )
+        extensions = self.__pydantic_extra__
+        if extensions:
+            if len(self.model_fields_set) + len(extensions) > MAX_ATTRIBUTES:
+                raise ValueError(
+                    f"{len(self.model_fields_set) + len(extensions)} attributes: an event has "
+                    f"at most {MAX_ATTRIBUTES}; drop extension attributes"
+                )
+            for name in extensions:
+                if _EXTENSION_NAME.fullmatch(name) is None:
+                    raise ValueError(
+                        f"extension attribute name {name[:80]!r}: use lower-case ASCII letters "
+                        "and digits, at most 64 (CloudEvents 1.0)"
+                    )
+        return self
 
     @property
     def task_id(self) -> str:

@@ -6,12 +6,20 @@ here is never asked of the LLM again.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import Field
 
-from .envelope import CloudEvent, EventData
+from .envelope import CloudEvent, EventData, Timestamp
+from .limits import (
+    MAX_DURATION_MS,
+    MAX_EVENT_ID_LENGTH,
+    MAX_INPUT_LENGTH,
+    MAX_ITERATIONS,
+    MAX_MODEL_NAME_LENGTH,
+    MAX_TOOLS,
+)
+from .tasks import Metadata, SessionId, TokenBudget, ToolName
 
 __all__ = [
     "LlmDecided",
@@ -42,17 +50,38 @@ class TokenUsage(EventData):
 
 
 class TaskAcceptedData(EventData):
-    """The task as the planner will run it: everything replay needs, resolved once."""
+    """The task as the planner will run it: everything replay needs, resolved once.
 
-    input: str = Field(description="The user's request.")
-    session_id: str | None = Field(default=None, description="Conversation the task belongs to.")
-    tools: list[str] = Field(description="Tools offered to the model (resolved, never null).")
-    max_iterations: int = Field(description="Most LLM steps before the task fails.")
-    deadline_at: datetime = Field(description="Past this instant the task fails.")
-    token_budget: int | None = Field(default=None, description="Most tokens for the whole task.")
-    metadata: dict[str, str] = Field(default_factory=dict, description="Labels from submission.")
-    submitted_id: str = Field(description="Id of the `stepbus.task.submitted` event.")
-    model: str = Field(description="The LLM the planner uses for this task.")
+    Bounded like a submission, so a forged acceptance cannot ask for more than a submission
+    may.
+    """
+
+    input: str = Field(min_length=1, max_length=MAX_INPUT_LENGTH, description="The user's request.")
+    session_id: SessionId | None = Field(
+        default=None, description="Conversation the task belongs to."
+    )
+    tools: list[ToolName] = Field(
+        max_length=MAX_TOOLS,
+        description=f"Tools offered to the model (resolved, never null; at most {MAX_TOOLS}).",
+    )
+    max_iterations: int = Field(
+        ge=1, le=MAX_ITERATIONS, description="Most LLM steps before the task fails."
+    )
+    deadline_at: Timestamp = Field(description="Past this instant the task fails.")
+    token_budget: TokenBudget | None = Field(
+        default=None, description="Most tokens for the whole task."
+    )
+    metadata: Metadata = Field(default_factory=dict, description="Labels from submission.")
+    submitted_id: str = Field(
+        min_length=1,
+        max_length=MAX_EVENT_ID_LENGTH,
+        description="Id of the `stepbus.task.submitted` event.",
+    )
+    model: str = Field(
+        min_length=1,
+        max_length=MAX_MODEL_NAME_LENGTH,
+        description="The LLM the planner uses for this task.",
+    )
 
 
 class TaskAccepted(CloudEvent):
@@ -90,7 +119,9 @@ class LlmDecidedData(EventData):
     usage: TokenUsage = Field(default_factory=TokenUsage, description="Tokens of this call.")
     model: str = Field(description="Model that answered.")
     finish_reason: str | None = Field(default=None, description="As the model reported it.")
-    duration_ms: float = Field(default=0.0, ge=0, description="Wall time of the LLM call.")
+    duration_ms: float = Field(
+        default=0.0, ge=0, le=MAX_DURATION_MS, description="Wall time of the LLM call."
+    )
 
 
 class LlmDecided(CloudEvent):

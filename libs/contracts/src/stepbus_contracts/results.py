@@ -8,6 +8,7 @@ from pydantic import Field
 
 from .envelope import CloudEvent, EventData
 from .planning import TokenUsage
+from .tasks import Metadata
 
 __all__ = [
     "FailureReason",
@@ -58,7 +59,7 @@ class TaskCompletedData(EventData):
     output: str = Field(description="The final answer.")
     steps: int = Field(ge=0, description="LLM steps the task took.")
     usage: TokenUsage = Field(default_factory=TokenUsage, description="Tokens of all steps.")
-    metadata: dict[str, str] = Field(default_factory=dict, description="Labels from submission.")
+    metadata: Metadata = Field(default_factory=dict, description="Labels from submission.")
 
 
 class TaskCompleted(CloudEvent):
@@ -81,7 +82,7 @@ class TaskFailedData(EventData):
     message: str = Field(description="Human-readable explanation.")
     steps: int = Field(default=0, ge=0, description="LLM steps taken before failing.")
     usage: TokenUsage = Field(default_factory=TokenUsage, description="Tokens consumed.")
-    metadata: dict[str, str] = Field(default_factory=dict, description="Labels from submission.")
+    metadata: Metadata = Field(default_factory=dict, description="Labels from submission.")
 
 
 class TaskFailed(CloudEvent):

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .envelope import CloudEvent
+from .envelope import WIRE_ATTRIBUTES, CloudEvent
+from .limits import EXTENSION_NAME_PATTERN, MAX_ATTRIBUTES
 from .planning import LlmDecided, TaskAccepted
 from .results import TaskCancelled, TaskCompleted, TaskFailed, TaskProgress
 from .tasks import TaskCancelRequested, TaskSubmitted
@@ -57,7 +58,12 @@ def _event_schema(model: type[CloudEvent]) -> dict[str, Any]:
     schema = model.model_json_schema(mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = f"https://stepbus.dev/schemas/events/{_type_name(model)}.json"
-    schema["required"] = sorted({*schema.get("required", []), "type", "subject", "data"})
+    # What ``decode`` enforces beyond the Python model, which gives writers defaults: the
+    # attributes a wire event must carry, and few, well-named extension attributes (their
+    # values are ``additionalProperties``, from the model's typed extras).
+    schema["required"] = sorted({*schema.get("required", []), *WIRE_ATTRIBUTES})
+    schema["maxProperties"] = MAX_ATTRIBUTES
+    schema["propertyNames"] = {"pattern": EXTENSION_NAME_PATTERN}
     return schema
 
 

@@ -2,55 +2,94 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from .envelope import CloudEvent, EventData
+from .limits import (
+    MAX_DEADLINE_SECONDS,
+    MAX_INPUT_LENGTH,
+    MAX_ITERATIONS,
+    MAX_METADATA_ENTRIES,
+    MAX_METADATA_KEY_LENGTH,
+    MAX_METADATA_VALUE_LENGTH,
+    MAX_SESSION_ID_LENGTH,
+    MAX_TOKEN_BUDGET,
+    MAX_TOOLS,
+    TOOL_NAME_PATTERN,
+)
 
 __all__ = [
+    "Metadata",
+    "SessionId",
     "TaskCancelRequested",
     "TaskCancelRequestedData",
     "TaskSubmitted",
     "TaskSubmittedData",
+    "TokenBudget",
+    "ToolName",
 ]
+
+ToolName = Annotated[str, Field(pattern=TOOL_NAME_PATTERN)]
+"""A tool name a task may name (``TOOL_NAME_PATTERN``)."""
+
+SessionId = Annotated[str, Field(min_length=1, max_length=MAX_SESSION_ID_LENGTH)]
+"""A conversation id."""
+
+TokenBudget = Annotated[int, Field(ge=1, le=MAX_TOKEN_BUDGET)]
+"""Most LLM tokens a task may use."""
+
+Metadata = Annotated[
+    dict[
+        Annotated[str, Field(min_length=1, max_length=MAX_METADATA_KEY_LENGTH)],
+        Annotated[str, Field(max_length=MAX_METADATA_VALUE_LENGTH)],
+    ],
+    Field(max_length=MAX_METADATA_ENTRIES),
+]
+"""Opaque string labels of a task: a few short names with bounded values."""
 
 
 class TaskSubmittedData(EventData):
     """What the agent should do and the bounds it must respect."""
 
     input: str = Field(
-        min_length=1, max_length=100_000, description="The user's request, in natural language."
+        min_length=1,
+        max_length=MAX_INPUT_LENGTH,
+        description=f"The user's request, in natural language (at most {MAX_INPUT_LENGTH:,} "
+        "characters).",
     )
-    session_id: str | None = Field(
+    session_id: SessionId | None = Field(
         default=None,
-        max_length=256,
         description="Conversation the task belongs to; tasks of one session share memory.",
     )
-    tools: list[str] | None = Field(
+    tools: list[ToolName] | None = Field(
         default=None,
-        max_length=64,
-        description="Names of the tools the agent may use; null means every registered tool.",
+        max_length=MAX_TOOLS,
+        description=f"Names of the tools the agent may use (at most {MAX_TOOLS}, each "
+        "`^[A-Za-z0-9_-]{1,64}$`); null means every registered tool.",
     )
     max_iterations: int = Field(
         default=8,
         ge=1,
-        le=100,
+        le=MAX_ITERATIONS,
         description="Most LLM steps (thought → action) before the task fails.",
     )
     deadline_seconds: float = Field(
         default=300.0,
         gt=0,
-        le=86_400,
+        le=MAX_DEADLINE_SECONDS,
         description="Wall-clock budget from acceptance; past it the task fails.",
     )
-    token_budget: int | None = Field(
+    token_budget: TokenBudget | None = Field(
         default=None,
-        ge=1,
         description="Most LLM tokens (prompt + completion, all steps) before the task fails.",
     )
-    metadata: dict[str, str] = Field(
-        default_factory=dict, description="Opaque labels carried to the result unchanged."
+    metadata: Metadata = Field(
+        default_factory=dict,
+        description=f"Opaque labels carried to the result unchanged: at most "
+        f"{MAX_METADATA_ENTRIES}, names of 1-{MAX_METADATA_KEY_LENGTH} characters, values of at "
+        f"most {MAX_METADATA_VALUE_LENGTH}.",
     )
 
 

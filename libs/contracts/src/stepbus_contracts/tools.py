@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from .envelope import CloudEvent, EventData
+from .limits import MAX_DEADLINE_SECONDS, MAX_DURATION_MS
 
 __all__ = [
     "ToolCallCompleted",
@@ -41,7 +42,9 @@ class ToolCallRequestedData(_ToolCallRef):
     """Run one tool."""
 
     arguments: dict[str, Any] = Field(default_factory=dict, description="Tool arguments.")
-    timeout_seconds: float = Field(default=30.0, gt=0, description="Per-attempt time limit.")
+    timeout_seconds: float = Field(
+        default=30.0, gt=0, le=MAX_DEADLINE_SECONDS, description="Per-attempt time limit."
+    )
 
 
 class ToolCallRequested(CloudEvent):
@@ -55,7 +58,9 @@ class ToolCallCompletedData(_ToolCallRef):
     """The observation a tool returned."""
 
     output: str = Field(description="The tool's result, as text shown to the model.")
-    duration_ms: float = Field(default=0.0, ge=0, description="Wall time of the tool run.")
+    duration_ms: float = Field(
+        default=0.0, ge=0, le=MAX_DURATION_MS, description="Wall time of the tool run."
+    )
     replayed: bool = Field(
         default=False, description="True when the result came from the ledger, not a new run."
     )
