@@ -206,7 +206,7 @@ class TopicReader:
         for record in self.records:
             try:
                 out.append(json.loads(record.value))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RecursionError):
                 continue
         return out
 
