@@ -293,7 +293,9 @@ class RecordingPublisher:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes | None]] = []
 
-    async def send_raw(self, topic: str, value: bytes | None, key: bytes | None, _: Any) -> None:
+    async def send_raw(
+        self, topic: str, value: bytes | None, key: bytes | None, _: Any, partition: Any = None
+    ) -> None:
         self.sent.append((topic, value, key))
 
 
@@ -316,7 +318,10 @@ async def test_an_idle_task_ledger_is_forgotten_with_a_tombstone() -> None:
     await ledger.forget(TASK, 3600, publisher)  # type: ignore[arg-type]
     assert publisher.sent == []  # not idle for an hour: kept
     await ledger.forget(TASK, 0, publisher)  # type: ignore[arg-type]
-    assert publisher.sent == [(TOPICS.tool_ledger, None, TASK.encode())]
+    assert publisher.sent == [  # the outcome's record, and the task's key of older versions
+        (TOPICS.tool_ledger, None, f"{TASK}#{TASK}:0:0".encode()),
+        (TOPICS.tool_ledger, None, TASK.encode()),
+    ]
     assert ledger.recorded(TASK, f"{TASK}:0:0") is None
     assert ledger.recorded("task-other", "task-other:0:0") is not None
 
@@ -328,3 +333,23 @@ async def test_a_loaded_ledger_ages_from_when_it_was_recorded_not_loaded() -> No
     restarted = new_ledger()
     assert restarted._load(TASK.encode(), old.model_dump_json().encode(), partition=0) == 1
     assert restarted.idle(max_age=3600) == [TASK]  # idle for two hours, restart or not
+
+
+async def test_each_outcome_is_its_own_ledger_record_on_the_tasks_partition() -> None:
+    ledger = new_ledger()
+    call = handler(ledger=ledger)
+    sizes = []
+    for step in range(30):  # a long task: the record of a call does not carry the earlier ones
+        [entry, _] = await call(command(command_id=f"cmd-{step}", step=step), context())
+        assert (entry.key, entry.partition) == (f"{TASK}#{TASK}:{step}:0", 0)
+        sizes.append(len(entry.event.model_dump_json()))
+    assert max(sizes) - min(sizes) < 20  # constant size, not growing with the task
+
+
+async def test_a_call_from_another_tenant_neither_runs_nor_reads_the_recorded_outcome() -> None:
+    counted = Counted()
+    call = handler(counted.registry)
+    await outcome(call, command())
+    foreign = command().model_copy(update={"tenant": "intruder"})
+    assert await call(foreign, context()) == []
+    assert len(counted.runs) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -17,7 +18,8 @@ from stepbus_contracts import (
     Topics,
     derive_id,
 )
-from stepbus_runtime import Emit, RecordContext
+from stepbus_runtime import Emit, RecordContext, clip
+from stepbus_runtime.metrics import DROPPED_RECORDS
 
 from .audit import ExecutionLog
 from .ledger import Ledger
@@ -26,6 +28,8 @@ from .registry import ToolInputError, ToolRegistry
 __all__ = ["ToolCallHandler"]
 
 _SOURCE = "urn:stepbus:tool-executor"
+
+log = logging.getLogger(__name__)
 
 
 class ToolCallHandler:
@@ -50,6 +54,16 @@ class ToolCallHandler:
         entry is acknowledged, so an outcome on the journal always has its ledger entry.
         """
         call = command.data
+        owner = self._ledger.tenant(command.subject)
+        if owner is not None and owner != command.tenant:
+            # A task belongs to one tenant: another's call must neither run under its keys nor
+            # read its recorded outcomes.
+            log.warning(
+                "call %s of task %s from tenant %s refused: the task belongs to another tenant",
+                clip(call.idempotency_key, 80), clip(command.subject, 80), clip(command.tenant, 40),
+            )  # fmt: skip
+            DROPPED_RECORDS.labels("tool-executor", context.topic, "foreign_tenant").inc()
+            return []
         recorded = self._ledger.recorded(command.subject, call.idempotency_key)
         if recorded is not None:
             return [self._emit(command, recorded, replayed=True)]

@@ -1,8 +1,10 @@
 """The idempotency ledger: each tool call's outcome under ``task_id:step:call_index``.
 
 The ledger lives where nothing can flush it: a compacted topic, co-partitioned with
-``tool.calls`` (record key = task id, value = every outcome of that task so far), so the
-replica that owns a ``tool.calls`` partition owns the matching ledger partition. It is read
+``tool.calls``: one record per outcome, keyed ``<task id>#<idempotency key>`` and written to
+the task's partition (records of earlier versions, keyed by the task id and holding all its
+outcomes, still load), so the replica that owns a ``tool.calls`` partition owns the matching
+ledger partition, and a long task writes each outcome once, not once per later call. It is read
 into memory when partitions are assigned; a redelivered call then returns the recorded
 outcome instead of running again. A task whose calls stopped long ago (an hour by default) is
 forgotten and its key tombstoned, so the topic, memory and the next load follow recent tasks
@@ -24,7 +26,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 from stepbus_contracts import CloudEvent, EventData, derive_id
-from stepbus_runtime import Emit, EventPublisher, PayloadStore, iter_latest
+from stepbus_runtime import Emit, EventPublisher, PayloadStore, clip, iter_latest
 
 __all__ = ["Ledger", "LedgerEntries", "LedgerRecord"]
 
@@ -72,10 +74,15 @@ class Ledger:
         self._tasks: OrderedDict[str, dict[str, dict[str, Any]]] = OrderedDict()
         self._partition: dict[str, int] = {}
         self._touched: dict[str, float] = {}  # epoch seconds of each task's last record
+        self._tenants: dict[str, str] = {}  # the tenant each task belongs to
 
     def recorded(self, task_id: str, idempotency_key: str) -> dict[str, Any] | None:
         """The outcome recorded for the key, if any."""
         return self._tasks.get(task_id, {}).get(idempotency_key)
+
+    def tenant(self, task_id: str) -> str | None:
+        """The tenant whose calls the task's outcomes were recorded for, if any."""
+        return self._tenants.get(task_id)
 
     def record(
         self,
@@ -87,22 +94,26 @@ class Ledger:
     ) -> Emit:
         """Record an outcome (the first one recorded wins) and return its ledger record."""
         outcomes = self._tasks.setdefault(task_id, {})
-        outcomes.setdefault(idempotency_key, outcome)
+        first = outcomes.setdefault(idempotency_key, outcome)
         self._tasks.move_to_end(task_id)
         self._partition[task_id] = partition
         self._touched[task_id] = time.time()
+        self._tenants.setdefault(task_id, tenant)
         while len(self._tasks) > self._max_tasks:
             evicted, _ = self._tasks.popitem(last=False)
             self._partition.pop(evicted, None)
             self._touched.pop(evicted, None)
+            self._tenants.pop(evicted, None)
         entry = LedgerRecord(
-            id=derive_id(task_id, "ledger", *sorted(outcomes)),
+            id=derive_id(task_id, "ledger", idempotency_key),
             source="urn:stepbus:tool-executor",
             subject=task_id,
             tenant=tenant,
-            data=LedgerEntries(outcomes=outcomes),
+            data=LedgerEntries(outcomes={idempotency_key: first}),
         )
-        return Emit(self._topic, entry)
+        return Emit(
+            self._topic, entry, key=_outcome_key(task_id, idempotency_key), partition=partition
+        )
 
     def idle(self, max_age: float, limit: int = 10_000) -> list[str]:
         """Up to ``limit`` tasks with no call recorded for ``max_age`` seconds, oldest first."""
@@ -120,10 +131,15 @@ class Ledger:
         touched = self._touched.get(task_id)
         if touched is None or touched > time.time() - max_age:
             return  # recorded again, forgotten already, or its partition moved on
-        await publisher.send_raw(self._topic, None, task_id.encode(), [])
+        partition = self._partition.get(task_id)
+        for idempotency_key in self._tasks.get(task_id, {}):
+            key = _outcome_key(task_id, idempotency_key).encode()
+            await publisher.send_raw(self._topic, None, key, [], partition=partition)
+        await publisher.send_raw(self._topic, None, task_id.encode(), [])  # an older record
         self._tasks.pop(task_id, None)
         self._partition.pop(task_id, None)
         self._touched.pop(task_id, None)
+        self._tenants.pop(task_id, None)
 
     # -- partitions (stepbus_runtime.PartitionListener) ---------------------------------------
 
@@ -155,6 +171,7 @@ class Ledger:
         for task_id in [t for t, p in self._partition.items() if p in lost]:
             self._tasks.pop(task_id, None)
             self._touched.pop(task_id, None)
+            self._tenants.pop(task_id, None)
             del self._partition[task_id]
 
     def _load(self, key: bytes | None, value: bytes | None, partition: int) -> int:
@@ -165,13 +182,25 @@ class Ledger:
             outcomes = record["data"]["outcomes"]
             stamp = record.get("time")  # a CloudEvent's optional `time`: when it was recorded
             recorded_at = datetime.fromisoformat(stamp).timestamp() if stamp else time.time()
-        except (ValueError, KeyError, TypeError, ValidationError):
-            log.error("unreadable ledger record for %r skipped", key)
+            tenant = record.get("tenant")
+            if not isinstance(outcomes, dict) or not all(
+                isinstance(o, dict) for o in outcomes.values()
+            ):
+                raise TypeError("outcomes must map idempotency keys to outcomes")
+        except (ValueError, KeyError, TypeError, ValidationError, RecursionError):
+            log.error("unreadable ledger record for %s skipped", clip(key, 80))
             return 0
-        task_id = key.decode()
+        task_id = key.decode(errors="replace").split("#", 1)[0]
+        if isinstance(tenant, str):
+            self._tenants.setdefault(task_id, tenant)
         merged = self._tasks.setdefault(task_id, {})
         for idempotency_key, outcome in outcomes.items():
             merged.setdefault(idempotency_key, outcome)
         self._partition[task_id] = partition
         self._touched[task_id] = max(recorded_at, self._touched.get(task_id, 0.0))
         return 1
+
+
+def _outcome_key(task_id: str, idempotency_key: str) -> str:
+    """The ledger record key of one outcome: ``#`` never occurs in a task id."""
+    return f"{task_id}#{idempotency_key}"
