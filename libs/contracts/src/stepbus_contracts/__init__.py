@@ -17,8 +17,6 @@ from .catalog import (
 from .envelope import (
     DEFAULT_SOURCE,
     DEFAULT_TENANT,
-    WIRE_ATTRIBUTES,
-    WIRE_CONTEXT,
     CloudEvent,
     EventData,
     ExtensionValue,
@@ -93,6 +91,7 @@ from .tools import (
     idempotency_key,
 )
 from .topics import DEFAULT_PREFIX, Topics, TopicSpec
+from .wire import WIRE_ATTRIBUTES, validate_wire
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -122,7 +121,6 @@ __all__ = [
     "TENANT_PATTERN",
     "TOOL_NAME_PATTERN",
     "WIRE_ATTRIBUTES",
-    "WIRE_CONTEXT",
     "CloudEvent",
     "EventData",
     "ExtensionValue",
@@ -177,4 +175,5 @@ __all__ = [
     "tool_calls_adapter",
     "tool_catalog_adapter",
     "utcnow",
+    "validate_wire",
 ]

@@ -5,20 +5,17 @@ is the record value, and the record key is the task id (``subject``). ``tenant``
 CloudEvents extension attribute. Readers ignore attributes and fields they do not know, so
 the contract evolves by adding fields with defaults; a breaking change gets a new ``type``.
 
-Python code builds events with defaults (a fresh ``id``, ``source``, ``time``); a record read
-from the wire must carry ``specversion``, ``id``, ``source``, ``type``, ``subject`` and
-``data`` itself. Wire input is validated with ``strict=True`` (no coercion: ``"8"`` is not an
-integer) and ``context=WIRE_CONTEXT``, as ``stepbus_runtime.codec.decode`` does.
+Python code builds events with defaults (a fresh ``id``, ``source``, ``time``); an event read
+from the wire is held to more by ``wire.validate_wire``: no coercion, the attributes named,
+extensions few and well named.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from types import MappingProxyType
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -28,14 +25,10 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
-    ValidationInfo,
     WithJsonSchema,
-    model_validator,
 )
 
 from .limits import (
-    EXTENSION_NAME_PATTERN,
-    MAX_ATTRIBUTES,
     MAX_EVENT_ID_LENGTH,
     MAX_EXTENSION_LENGTH,
     MAX_SOURCE_LENGTH,
@@ -50,8 +43,6 @@ from .limits import (
 __all__ = [
     "DEFAULT_SOURCE",
     "DEFAULT_TENANT",
-    "WIRE_ATTRIBUTES",
-    "WIRE_CONTEXT",
     "CloudEvent",
     "EventData",
     "ExtensionValue",
@@ -63,16 +54,9 @@ __all__ = [
 DEFAULT_TENANT = "default"
 DEFAULT_SOURCE = "urn:stepbus"
 
-WIRE_ATTRIBUTES = frozenset({"specversion", "id", "source", "type", "subject", "data"})
-"""Attributes every event read from the wire must carry (``time`` and the rest may be absent)."""
-
-WIRE_CONTEXT: Mapping[str, bool] = MappingProxyType({"stepbus.wire": True})
-"""Validation context marking wire input: pass it with ``strict=True`` to ``validate_json``."""
-
 _ID_NAMESPACE = uuid.UUID("5b0c3f4e-2a59-4c1e-9a51-0d6f8e1b7c11")
 # fullmatch with the anchors stripped: Python's ``$`` would also match before a final newline.
 _RFC3339 = re.compile(RFC3339_PATTERN[1:-1])
-_EXTENSION_NAME = re.compile(EXTENSION_NAME_PATTERN[1:-1])
 
 
 def utcnow() -> datetime:
@@ -135,8 +119,8 @@ class CloudEvent(BaseModel):
 
     Subclasses fix ``type`` to a literal wire name and give ``data`` its model. Attributes
     this model does not name are CloudEvents extensions (``traceparent``, ...): readers
-    ignore them, but each must be an ``ExtensionValue`` under an ``EXTENSION_NAME_PATTERN``
-    name, and an event has at most ``MAX_ATTRIBUTES`` top-level attributes.
+    ignore them, but each must be an ``ExtensionValue`` (``wire.validate_wire`` also checks
+    their names and number).
     """
 
     model_config = ConfigDict(frozen=True, extra="allow", allow_inf_nan=False)
@@ -183,32 +167,6 @@ class CloudEvent(BaseModel):
         pattern=TENANT_PATTERN,
         description="CloudEvents extension: the tenant that owns the task.",
     )
-
-    @model_validator(mode="after")
-    def _check_attributes(self, info: ValidationInfo) -> Self:
-        """Wire input names its required attributes; extensions stay few and well named."""
-        context = info.context
-        if isinstance(context, Mapping) and context.get("stepbus.wire"):
-            missing = WIRE_ATTRIBUTES - self.model_fields_set
-            if missing:
-                raise ValueError(
-                    f"missing CloudEvents attribute(s) {', '.join(sorted(missing))}: "
-                    f"an event on the wire carries all of {', '.join(sorted(WIRE_ATTRIBUTES))}"
-                )
-        extensions = self.__pydantic_extra__
-        if extensions:
-            if len(self.model_fields_set) + len(extensions) > MAX_ATTRIBUTES:
-                raise ValueError(
-                    f"{len(self.model_fields_set) + len(extensions)} attributes: an event has "
-                    f"at most {MAX_ATTRIBUTES}; drop extension attributes"
-                )
-            for name in extensions:
-                if _EXTENSION_NAME.fullmatch(name) is None:
-                    raise ValueError(
-                        f"extension attribute name {name[:80]!r}: use lower-case ASCII letters "
-                        "and digits, at most 64 (CloudEvents 1.0)"
-                    )
-        return self
 
     @property
     def task_id(self) -> str:

@@ -12,13 +12,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .envelope import WIRE_ATTRIBUTES, CloudEvent
+from .envelope import CloudEvent
 from .limits import EXTENSION_NAME_PATTERN, MAX_ATTRIBUTES
 from .planning import LlmDecided, TaskAccepted
 from .results import TaskCancelled, TaskCompleted, TaskFailed, TaskProgress
 from .tasks import TaskCancelRequested, TaskSubmitted
 from .tools import ToolCallCompleted, ToolCallFailed, ToolCallRequested
 from .topics import DEFAULT_PREFIX
+from .wire import WIRE_ATTRIBUTES
 
 __all__ = ["render", "write"]
 
@@ -58,8 +59,8 @@ def _event_schema(model: type[CloudEvent]) -> dict[str, Any]:
     schema = model.model_json_schema(mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = f"https://stepbus.dev/schemas/events/{_type_name(model)}.json"
-    # What ``decode`` enforces beyond the Python model, which gives writers defaults: the
-    # attributes a wire event must carry, and few, well-named extension attributes (their
+    # What ``validate_wire`` enforces beyond the Python model, which gives writers defaults:
+    # the attributes a wire event must carry, and few, well-named extension attributes (their
     # values are ``additionalProperties``, from the model's typed extras).
     schema["required"] = sorted({*schema.get("required", []), *WIRE_ATTRIBUTES})
     schema["maxProperties"] = MAX_ATTRIBUTES

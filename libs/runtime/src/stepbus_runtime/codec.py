@@ -1,9 +1,8 @@
 """Records to events and back: CloudEvents structured JSON, validated per topic.
 
-Decoding is as strict as the published JSON Schemas: no coercion (``"8"`` is not an integer,
-``true`` is not one either), and the attributes a wire event must carry
-(``stepbus_contracts.WIRE_ATTRIBUTES``) must be there, where Python code building an event
-gets defaults.
+Decoding accepts exactly what the published JSON Schemas accept
+(``stepbus_contracts.validate_wire``): no coercion, and the CloudEvents attributes a wire event
+must carry present, where Python code building an event gets defaults.
 """
 
 from __future__ import annotations
@@ -11,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from stepbus_contracts import WIRE_CONTEXT, CloudEvent
+from stepbus_contracts import CloudEvent, validate_wire
 
 from .errors import DecodeError
+from .logs import clip
 
 __all__ = ["decode", "encode"]
 
@@ -32,10 +32,10 @@ def decode(adapter: TypeAdapter[Any], value: bytes | None) -> Any:
     if not value:
         raise DecodeError("empty record value")
     try:
-        return adapter.validate_json(value, strict=True, context=WIRE_CONTEXT)
+        return validate_wire(adapter, value)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()[:5]
+        problems = "; ".join(  # a location may be a crafted 1 MB key: clipped
+            f"{'.'.join(clip(p, 64) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors(include_url=False, include_input=False)[:5]
         )
         raise DecodeError(f"invalid event: {problems}") from None
