@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from stepbus_contracts import TaskSubmitted, TaskSubmittedData, Topics, tasks_adapter
 from stepbus_runtime import (
     Emit,
@@ -172,3 +173,30 @@ async def test_redrive_command_line(kafka_bootstrap: str, topics: Topics) -> Non
     )
     _, output = await command()
     assert output == ["re-drove 0 of 3 dead letters (3 skipped: already re-driven, 0 filtered out)"]
+
+
+async def test_a_truncated_dead_letter_is_redriven_from_its_full_original(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    original = b'{"junk": "' + b"x" * 1_048_300 + b'"}'  # too big for the DLQ with headers
+    handled: list[str] = []
+
+    async def record(event: TaskSubmitted, context: RecordContext) -> Sequence[Emit]:
+        handled.append(event.subject)
+        return []
+
+    async with running(kafka_bootstrap, topics, record, f"g-{uuid.uuid4().hex[:6]}"):
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=2_000_000)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topics.tasks, original, key=b"huge")
+        finally:
+            await producer.stop()
+        [letter] = await read_all(kafka_bootstrap, topics.dlq, 1)
+    assert dict(letter.headers)["stepbus.truncated"] == b"true"
+    assert len(letter.value) < len(original)
+
+    report = await redrive(kafka_bootstrap, topics, out=lambda _: None)
+    assert len(report.selected) == 1
+    again = [r for r in await read_all(kafka_bootstrap, topics.tasks, 2) if r.offset == 1]
+    assert [(r.key, r.value) for r in again] == [(b"huge", original)]

@@ -19,6 +19,11 @@ reads the markers and skips marked dead letters. Each run reads the DLQ from its
 the end offsets taken at start (no consumer group), then stops, so records that fail again
 during the run become new dead letters for a later run.
 
+A dead letter that was cut to fit the DLQ (``stepbus.truncated`` or ``stepbus.origin.key.size``)
+is re-driven from its origin: the full record is read back at the partition and offset its
+headers name (while the origin topic still holds it; otherwise the command fails for it and
+says so), never the truncated copy.
+
 A crash between the re-publish and its marker re-drives that record again on the next run;
 consumers drop the duplicate by event id (at-least-once, exactly-once effects). Run one
 re-drive at a time per deployment.
@@ -38,7 +43,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
 from stepbus_contracts import DEFAULT_PREFIX, Topics, utcnow
 
 from .admin import ensure_topics, topic_partitions
@@ -69,6 +75,13 @@ class DeadLetter:
     def origin_topic(self) -> str:
         """The topic the record was consumed from."""
         return self.header("stepbus.origin.topic")
+
+    @property
+    def truncated(self) -> bool:
+        """True when the DLQ holds a cut copy: the original must be read from its origin."""
+        return self.header("stepbus.truncated") == "true" or bool(
+            self.header("stepbus.origin.key.size")
+        )
 
     @property
     def marker_key(self) -> bytes:
@@ -191,6 +204,8 @@ async def redrive(
                     continue
                 report.selected.append(letter)
                 if mode == "redrive":
+                    if letter.truncated:
+                        letter = await _original(bootstrap_servers, letter)
                     await _redrive_one(publisher, topics, letter)
                 out(letter.describe() if mode != "list" else f"{letter.describe()} [pending]")
         finally:
@@ -199,6 +214,40 @@ async def redrive(
     finally:
         await consumer.stop()
     return report
+
+
+async def _original(bootstrap_servers: str, letter: DeadLetter) -> DeadLetter:
+    """``letter`` with the key and value of the record it was cut from, read at its origin.
+
+    Raises:
+        LookupError: The origin no longer holds the record (retention).
+    """
+    origin = TopicPartition(letter.origin_topic, int(letter.header("stepbus.origin.partition")))
+    offset = int(letter.header("stepbus.origin.offset"))
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="none",
+        max_partition_fetch_bytes=64 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        consumer.assign([origin])
+        consumer.seek(origin, offset)
+        try:
+            record = await asyncio.wait_for(consumer.getone(origin), 30)
+        except (OffsetOutOfRangeError, TimeoutError):
+            raise LookupError(
+                f"{letter.describe()}: the original is no longer in {origin.topic}"
+                f"[{origin.partition}]@{offset} (retention); it cannot be re-driven"
+            ) from None
+    finally:
+        await consumer.stop()
+    if record.offset != offset:
+        raise LookupError(f"{letter.describe()}: the original at offset {offset} is gone")
+    return DeadLetter(
+        letter.topic, letter.partition, letter.offset, record.key, record.value, letter.headers
+    )
 
 
 async def _redrive_one(publisher: EventPublisher, topics: Topics, letter: DeadLetter) -> None:
