@@ -118,9 +118,9 @@ class CloudEvent(BaseModel):
     """CloudEvents 1.0 attributes shared by every stepbus event.
 
     Subclasses fix ``type`` to a literal wire name and give ``data`` its model. Attributes
-    this model does not name are CloudEvents extensions (``traceparent``, ...): readers
-    ignore them, but each must be an ``ExtensionValue`` (``wire.validate_wire`` also checks
-    their names and number).
+    this model does not name are CloudEvents extensions (``traceparent``, ...): no reader acts
+    on them, and they stay on the event (``model_extra``), so re-encoding it keeps them. Each
+    must be an ``ExtensionValue``; ``wire.validate_wire`` also checks their names and number.
     """
 
     model_config = ConfigDict(frozen=True, extra="allow", allow_inf_nan=False)
