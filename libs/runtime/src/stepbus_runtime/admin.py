@@ -46,9 +46,10 @@ async def ensure_topics(
             ]
             if missing:
                 try:
-                    await admin.create_topics(missing)
+                    response = await admin.create_topics(missing)
                 except TopicAlreadyExistsError:
-                    pass  # another service created them first
+                    response = None  # another service created them first
+                _raise_refusals(response)
                 log.info("created topics %s", [t.name for t in missing])
             if await _all_led(admin, dict(topics.specs())):
                 return
@@ -61,6 +62,28 @@ async def ensure_topics(
             await asyncio.sleep(0.5)
         finally:
             await admin.close()
+
+
+_ALREADY_EXISTS = 36
+
+
+def _raise_refusals(response: object) -> None:
+    """Raise when the broker refused to create a topic for a reason waiting cannot fix (no
+    permission, invalid config): otherwise startup would wait for leaders that never come."""
+    errors = getattr(response, "topic_errors", None) or ()
+    refused = [
+        (e[0], e[1], e[2] if len(e) > 2 else None)
+        for e in errors
+        if e[1] not in (0, _ALREADY_EXISTS)
+    ]
+    if refused:
+        details = "; ".join(
+            f"{name}: error {code} {message or ''}".strip() for name, code, message in refused
+        )
+        raise PermissionError(
+            f"the broker refused to create topics ({details}); create them beforehand "
+            "(docs/security.md) or grant this principal Create"
+        )
 
 
 async def _all_led(admin: AIOKafkaAdminClient, specs: dict[str, TopicSpec]) -> bool:
