@@ -275,3 +275,12 @@ async def test_the_task_runs_when_the_id_index_is_unreachable() -> None:
     loop = loop_with_ids(MemoryEventIds(down=True))
     await loop.task(submitted())
     assert [type(t) for t in loop.terminals()] == [TaskCompleted]
+
+
+async def test_a_task_whose_resolved_tools_exceed_the_limits_fails_as_invalid() -> None:
+    catalog = [f"tool_{i}" for i in range(70)]  # `tools: null` offers all: over MAX_TOOLS
+    loop = Loop(calculator_model(), catalog=catalog)
+    await loop.task(submitted(tools=None))
+    [failure] = loop.terminals()
+    assert isinstance(failure, TaskFailed) and failure.data.reason == "invalid_task"
+    assert "tools" in failure.data.message and loop.model.calls == []

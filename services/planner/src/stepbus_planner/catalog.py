@@ -8,9 +8,8 @@ import logging
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from pydantic import ValidationError
 from stepbus_contracts import ToolRegisteredData, tool_catalog_adapter
-from stepbus_runtime import topic_partitions
+from stepbus_runtime import DecodeError, clip, decode, topic_partitions
 
 __all__ = ["ToolCatalog"]
 
@@ -84,11 +83,12 @@ class ToolCatalog:
         for records in batches.values():
             for record in records:
                 if record.value is None:  # tombstone: tool removed
-                    self._tools.pop(record.key.decode(), None)
+                    if record.key is not None:
+                        self._tools.pop(record.key.decode(errors="replace"), None)
                     continue
                 try:
-                    tool = tool_catalog_adapter.validate_json(record.value).data
-                except ValidationError as exc:
-                    log.warning("skipping invalid tool catalog record: %s", exc)
+                    tool = decode(tool_catalog_adapter, record.value).data
+                except DecodeError as exc:
+                    log.warning("skipping invalid tool catalog record: %s", clip(exc))
                     continue
                 self._tools[tool.name] = tool

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Literal
 
+from pydantic import ValidationError
 from stepbus_contracts import (
     CloudEvent,
     LlmDecided,
@@ -155,34 +156,38 @@ class PlannerHandlers:
         if unknown and not context.last_attempt:
             # The catalog may still be catching up (an executor starting): retry with backoff.
             raise RetryableError(f"unknown tools {unknown}; waiting for the tool catalog")
+        problem = None
         if unknown:
             known = ", ".join(sorted(self._catalog.names())) or "none"
+            problem = f"unknown tools: {', '.join(unknown)} (available: {known})"
+        else:
+            try:
+                data = TaskAcceptedData(
+                    input=task.input,
+                    session_id=task.session_id,
+                    tools=tools,
+                    max_iterations=task.max_iterations,
+                    deadline_at=self._clock() + timedelta(seconds=task.deadline_seconds),
+                    token_budget=task.token_budget,
+                    metadata=task.metadata,
+                    submitted_id=event.id,
+                    model=self._model.model,
+                )
+            except ValidationError as exc:  # e.g. `tools: null` resolved to too many tools
+                fields = sorted({".".join(map(str, e["loc"])) for e in exc.errors()})
+                problem = f"the task cannot be run as resolved: {', '.join(fields)} out of bounds"
+        if problem is not None:
             return self._end(
                 state,
                 context.partition,
                 TaskFailed(
                     **_envelope(event, "invalid"),
                     data=TaskFailedData(
-                        reason="invalid_task",
-                        message=f"unknown tools: {', '.join(unknown)} (available: {known})",
-                        metadata=task.metadata,
+                        reason="invalid_task", message=clip(problem, 1000), metadata=task.metadata
                     ),
                 ),
             )
-        accepted = TaskAccepted(
-            **_envelope(event, "accepted"),
-            data=TaskAcceptedData(
-                input=task.input,
-                session_id=task.session_id,
-                tools=tools,
-                max_iterations=task.max_iterations,
-                deadline_at=self._clock() + timedelta(seconds=task.deadline_seconds),
-                token_budget=task.token_budget,
-                metadata=task.metadata,
-                submitted_id=event.id,
-                model=self._model.model,
-            ),
-        )
+        accepted = TaskAccepted(**_envelope(event, "accepted"), data=data)
         snapshot = self._store.put(
             state.model_copy(update={"submitted_id": event.id}), context.partition
         )

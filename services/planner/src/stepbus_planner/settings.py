@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
+from stepbus_contracts import MAX_DEADLINE_SECONDS, MAX_MODEL_NAME_LENGTH
 from stepbus_runtime import ServiceSettings
 
 __all__ = ["PlannerSettings"]
@@ -18,6 +19,8 @@ class PlannerSettings(ServiceSettings):
     group_id: str = Field(default="stepbus-planner", description="Consumer group.")
     model: str = Field(
         default="gpt-4o-mini",
+        min_length=1,
+        max_length=MAX_MODEL_NAME_LENGTH,
         validation_alias=AliasChoices("STEPBUS_MODEL", "STEPBUS_PLANNER_MODEL"),
         description="Model name sent to the OpenAI-compatible endpoint.",
     )
@@ -38,7 +41,9 @@ class PlannerSettings(ServiceSettings):
     llm_max_connections: int = Field(
         default=200, ge=1, description="Concurrent connections to the LLM endpoint."
     )
-    tool_timeout_seconds: float = Field(default=30.0, gt=0, description="Per tool call.")
+    tool_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=MAX_DEADLINE_SECONDS, description="Per tool call."
+    )
     system_prompt: str | None = Field(default=None, description="Overrides the system prompt.")
     deadline_sweep_seconds: float = Field(
         default=1.0, gt=0, description="How often tasks waiting past their deadline are ended."

@@ -40,6 +40,7 @@ from stepbus_contracts import (
     derive_id,
     history_adapter,
     snapshot_adapter,
+    validate_wire,
 )
 from stepbus_runtime import (
     Emit,
@@ -276,7 +277,7 @@ class TaskStates:
     @staticmethod
     def _collect_segment(value: bytes, segments: dict[str, dict[int, dict[str, Any]]]) -> None:
         try:
-            snapshot = snapshot_adapter.validate_json(value)
+            snapshot = validate_wire(snapshot_adapter, value)
             index = int(snapshot.data.state["segment"])
         except (ValidationError, ValueError, KeyError, TypeError) as exc:
             log.error("unreadable snapshot segment skipped: %s", clip(exc))
@@ -291,7 +292,7 @@ class TaskStates:
     ) -> int:
         segments = segments or {}
         try:
-            snapshot = snapshot_adapter.validate_json(value)
+            snapshot = validate_wire(snapshot_adapter, value)
             if snapshot.data.version != STATE_VERSION:
                 raise ValueError(f"unknown state version {snapshot.data.version}")
             document = dict(snapshot.data.state)
@@ -323,8 +324,8 @@ class TaskStates:
 
     def _remember(self, value: bytes | None) -> int:
         try:
-            event = history_adapter.validate_json(value or b"")
-        except ValidationError:
+            event = validate_wire(history_adapter, value or b"")
+        except ValueError:  # not a decision we can read: nothing to remember
             return 0
         if not isinstance(event, LlmDecided):
             return 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from stepbus_contracts import (
+    MAX_DEADLINE_SECONDS,
     LlmDecided,
     TaskAccepted,
     TaskCancelled,
@@ -30,7 +31,6 @@ from stepbus_contracts import (
     derive_id,
     idempotency_key,
 )
-from stepbus_contracts.limits import MAX_DEADLINE_SECONDS
 
 from .state import HistoryEventT, TaskState
 
