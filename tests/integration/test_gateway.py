@@ -56,6 +56,7 @@ class Gateway:
     settings: GatewaySettings
     topics: Topics
     bootstrap: str
+    port: int
 
     async def produce_results(self, *events: CloudEvent | bytes, key: str = "x") -> None:
         """Produce to the results topic as the planner does (raw bytes for poison records)."""
@@ -94,16 +95,11 @@ class Gateway:
         raise AssertionError("stepbus_gateway_sse_streams missing from /metrics")
 
 
-@pytest.fixture
-async def gateway(kafka_bootstrap: str, redis_url: str, topics: Topics) -> AsyncIterator[Gateway]:
-    settings = GatewaySettings(
-        kafka_bootstrap_servers=kafka_bootstrap,
-        topic_prefix=topics.prefix,
-        redis_url=redis_url,
-        sse_heartbeat_seconds=0.2,
-        projection_ttl_seconds=600,
-        instance_id=f"test-{uuid.uuid4().hex[:8]}",
-    )
+@contextlib.asynccontextmanager
+async def running_gateway(
+    settings: GatewaySettings, topics: Topics, bootstrap: str
+) -> AsyncIterator[Gateway]:
+    """The gateway served by uvicorn in-process on a free port, once ``/readyz`` answers 200."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -118,11 +114,30 @@ async def gateway(kafka_bootstrap: str, redis_url: str, topics: Topics) -> Async
                 return (await client.get("/readyz")).status_code == 200
 
             await wait_until(ready, 30, "gateway ready", interval=0.05)
-            yield Gateway(client, settings, topics, kafka_bootstrap)
+            yield Gateway(client, settings, topics, bootstrap, port)
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, 30)
         sock.close()
+
+
+def gateway_settings(kafka_bootstrap: str, redis_url: str, topics: Topics) -> GatewaySettings:
+    """Settings of a test gateway: the test's topics, a replica of its own."""
+    return GatewaySettings(
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_prefix=topics.prefix,
+        redis_url=redis_url,
+        sse_heartbeat_seconds=0.2,
+        projection_ttl_seconds=600,
+        instance_id=f"test-{uuid.uuid4().hex[:8]}",
+    )
+
+
+@pytest.fixture
+async def gateway(kafka_bootstrap: str, redis_url: str, topics: Topics) -> AsyncIterator[Gateway]:
+    settings = gateway_settings(kafka_bootstrap, redis_url, topics)
+    async with running_gateway(settings, topics, kafka_bootstrap) as gateway:
+        yield gateway
 
 
 def _task_id() -> str:
@@ -410,16 +425,16 @@ async def test_projection_applies_each_event_once_and_keeps_the_first_terminal(
     redis_url: str,
 ) -> None:
     redis = Redis.from_url(redis_url, decode_responses=True)
-    projection = TaskProjection(redis, ttl_seconds=60, max_events=3)
+    projection = TaskProjection(redis, namespace="t.results", ttl_seconds=60, max_events=3)
     tenant, task_id = f"t-{uuid.uuid4().hex[:8]}", "a:events"
     try:
         assert await projection.create(tenant, task_id)
         assert not await projection.create(tenant, task_id)
         completed = _completed(task_id, tenant=tenant)
-        assert await projection.apply(completed)
-        assert not await projection.apply(completed)
-        assert await projection.apply(_progress(task_id, tenant=tenant, step=5))
-        assert await projection.apply(_completed(task_id, tenant=tenant, output="late"))
+        assert await projection.apply(completed, 1)
+        assert not await projection.apply(completed, 1)
+        assert await projection.apply(_progress(task_id, tenant=tenant, step=5), 2)
+        assert await projection.apply(_completed(task_id, tenant=tenant, output="late"), 3)
 
         view, events = await projection.snapshot(tenant, task_id)
         assert view is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from stepbus_contracts import TaskProgress, TaskProgressData
-from stepbus_gateway.feed import Subscribers
+from stepbus_gateway.fanout import Subscribers
 from stepbus_gateway.sse import KEEP_ALIVE, frame
 
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
+from redis.asyncio import Redis
 from stepbus_contracts import (
     TaskCancelled,
     TaskCancelledData,
@@ -127,10 +128,16 @@ def test_task_view_json_shows_the_error_only_when_there_is_one() -> None:
     assert submitted.to_json()["error"] is None and submitted.to_json()["steps"] is None
 
 
-def test_keys_of_a_task_never_collide_with_another_tasks() -> None:
-    hash_a, events_a, seen_a = TaskProjection.keys("acme", "a")
-    hash_b, _, _ = TaskProjection.keys("acme", "a:events")
+def test_keys_of_a_task_never_collide_with_another_tasks_or_projections() -> None:
+    projection = TaskProjection(Redis(), namespace="p.results", ttl_seconds=60)
+    hash_a, events_a, seen_a = projection.keys("acme", "a")
+    hash_b, _, _ = projection.keys("acme", "a:events")
+    other = TaskProjection(Redis(), namespace="q.results", ttl_seconds=60)
 
-    assert hash_a == "stepbus:gw:acme:{a}"
-    assert (events_a, seen_a) == ("stepbus:gw:acme:{a}:events", "stepbus:gw:acme:{a}:seen")
+    assert hash_a == "stepbus:gw:p.results:acme:{a}"
+    assert (events_a, seen_a) == (f"{hash_a}:events", f"{hash_a}:seen")
     assert hash_b not in {hash_a, events_a, seen_a}
+    # One Redis may hold the projections of deployments with other topic prefixes.
+    assert other.keys("acme", "a")[0] != hash_a
+    assert projection.generation_key == "stepbus:gw:p.results:generation"
+    assert other.generation_key != projection.generation_key

@@ -9,8 +9,10 @@ from redis.asyncio import Redis
 from starlette.applications import Starlette
 from stepbus_runtime import ensure_topics, service_publisher
 
-from .feed import ResultsFeed, Subscribers
+from .fanout import Subscribers
+from .feed import ResultsFeed
 from .projection import TaskProjection
+from .rebuild import ProjectionRebuilder
 from .routes import EXCEPTION_HANDLERS, Services, routes
 from .settings import GatewaySettings
 
@@ -33,20 +35,45 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
             publisher = service_publisher(settings, client_id)
             await publisher.start()
             stack.push_async_callback(publisher.stop)
-            redis = Redis.from_url(settings.redis_url, decode_responses=True)
+            redis = Redis.from_url(
+                settings.redis_url,
+                decode_responses=True,
+                socket_timeout=settings.redis_timeout_seconds,
+                socket_connect_timeout=settings.redis_timeout_seconds,
+            )
             stack.push_async_callback(redis.aclose)
-            projection = TaskProjection(redis, ttl_seconds=settings.projection_ttl_seconds)
+            projection = TaskProjection(
+                redis,
+                namespace=settings.topics.results,
+                ttl_seconds=settings.projection_ttl_seconds,
+            )
+            rebuilder = ProjectionRebuilder(
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                topic=settings.topics.results,
+                projection=projection,
+                payloads=publisher.payloads,
+                check_seconds=settings.projection_check_seconds,
+                stuck_after=settings.stuck_after_seconds,
+                claim_attempts=settings.max_attempts,
+            )
+            await rebuilder.start()
+            stack.push_async_callback(rebuilder.stop)
             subscribers = Subscribers()
             feed = ResultsFeed(
                 bootstrap_servers=settings.kafka_bootstrap_servers,
                 topic=settings.topics.results,
                 group_id=settings.feed_group_id,
+                dlq_topic=settings.topics.dlq,
+                publisher=publisher,
                 projection=projection,
                 subscribers=subscribers,
-                payloads=publisher.payloads,
+                max_attempts=settings.max_attempts,
+                max_in_flight=settings.max_in_flight,
+                stuck_after=settings.stuck_after_seconds,
             )
             await feed.start()
             stack.push_async_callback(feed.stop)
-            yield {"services": Services(settings, publisher, projection, subscribers, feed)}
+            services = Services(settings, publisher, projection, subscribers, feed, rebuilder)
+            yield {"services": services}
 
     return Starlette(routes=routes(), lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)

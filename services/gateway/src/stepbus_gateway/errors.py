@@ -14,16 +14,23 @@ class GatewayError(Exception):
 class ApiError(GatewayError):
     """A request the gateway answers with ``status`` and ``{"error": {"message", "details"}}``.
 
-    4xx: the caller must change the request; 503: the caller may retry the same request later.
+    4xx: the caller must change the request; 503: the caller may retry the same request later,
+    after ``retry_after`` seconds when given (the ``Retry-After`` header).
     """
 
     def __init__(
-        self, status: int, message: str, details: list[dict[str, Any]] | None = None
+        self,
+        status: int,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+        *,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.details = details
+        self.retry_after = retry_after
 
     def body(self) -> dict[str, Any]:
         """The JSON error body."""
@@ -31,3 +38,7 @@ class ApiError(GatewayError):
         if self.details is not None:
             error["details"] = self.details
         return {"error": error}
+
+    def headers(self) -> dict[str, str]:
+        """The response headers the error needs."""
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}

@@ -1,5 +1,16 @@
 """The results feed: consume ``results``, fold each event into the projection, fan it out.
 
+The feed is the runtime's ``Processor`` with one route, so it gets what every stepbus consumer
+gets: each record handled on its own (records of other tasks are never held up by it), records
+that cannot be decoded, whose claim check cannot be resolved or whose key is not their subject
+dead-lettered at once, a handler that keeps failing dead-lettered after ``max_attempts``, the
+committed offset at the lowest unfinished record, and ``health()`` reporting a record or a poll
+loop stuck for longer than ``stuck_after``.
+
+Only a Redis outage is waited out without limit: the projection is a cache of the topic, so a
+valid event must not be skipped because the cache was briefly away. Any other error writing an
+event is the processor's to retry and then dead-letter (re-drive it once the cause is fixed).
+
 Each replica has its own consumer group (``{prefix}gateway-{instance}``), so every replica sees
 every event and can serve any SSE client. Offsets are committed only after the projection
 write (at-least-once); duplicates are dropped by event id, in the projection and per stream.
@@ -9,95 +20,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Sequence
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
-from redis.exceptions import RedisError
 from stepbus_contracts import results_adapter
-from stepbus_runtime import DecodeError, PayloadStore, decode
-from stepbus_runtime.metrics import RECORDS
+from stepbus_runtime import Emit, EventPublisher, Processor, RecordContext, Route, clip
 
-from .projection import ResultEvent, TaskProjection
+from .fanout import Subscribers
+from .projection import ResultEvent, TaskProjection, is_outage
 
-__all__ = ["ResultsFeed", "Subscribers", "Subscription"]
+__all__ = ["ResultsFeed"]
 
 log = logging.getLogger(__name__)
 
-
-class Subscription:
-    """The live events of one task for one SSE connection; ``None`` in the queue ends it."""
-
-    def __init__(self, tenant: str, task_id: str, limit: int) -> None:
-        self.key = (tenant, task_id)
-        self.queue: asyncio.Queue[ResultEvent | None] = asyncio.Queue()
-        self.closed = False
-        self._limit = limit
-
-    def deliver(self, event: ResultEvent) -> None:
-        """Queue an event; a reader that falls ``limit`` events behind is cut off."""
-        if self.closed:
-            return
-        if self.queue.qsize() >= self._limit:
-            log.warning("SSE reader of %s fell behind; closing its stream", self.key)
-            self.close()  # the client reconnects with Last-Event-ID and replays
-            return
-        self.queue.put_nowait(event)
-
-    def close(self) -> None:
-        """End the stream after the events already queued."""
-        if not self.closed:
-            self.closed = True
-            self.queue.put_nowait(None)
-
-
-class Subscribers:
-    """In-memory fan-out to SSE connections, keyed by (tenant, task id)."""
-
-    def __init__(self, queue_limit: int = 1000) -> None:
-        self._by_key: dict[tuple[str, str], set[Subscription]] = {}
-        self._queue_limit = queue_limit
-
-    def __len__(self) -> int:
-        return sum(len(subs) for subs in self._by_key.values())
-
-    @contextlib.contextmanager
-    def subscribe(self, tenant: str, task_id: str) -> Iterator[Subscription]:
-        """Receive the live events of a task until the block exits."""
-        sub = Subscription(tenant, task_id, self._queue_limit)
-        self._by_key.setdefault(sub.key, set()).add(sub)
-        try:
-            yield sub
-        finally:
-            subs = self._by_key.get(sub.key)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self._by_key[sub.key]
-
-    def publish(self, event: ResultEvent) -> None:
-        """Deliver an event to the subscribers of its task within its tenant."""
-        for sub in tuple(self._by_key.get((event.tenant, event.subject), ())):
-            sub.deliver(event)
-
-    def close_all(self) -> None:
-        """End every stream (on shutdown)."""
-        for subs in self._by_key.values():
-            for sub in subs:
-                sub.close()
-
-
-class _AssignmentListener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, feed: ResultsFeed) -> None:
-        self._feed = feed
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self._feed.assigned = False
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self._feed.assigned = True
-        log.info("results feed assigned %d partition(s)", len(assigned))
+_RESTART_DELAY = (1.0, 30.0)
+"""Base and cap of the wait before a processor that stopped unexpectedly is replaced."""
 
 
 class ResultsFeed:
@@ -106,10 +45,16 @@ class ResultsFeed:
     Args:
         bootstrap_servers: Kafka bootstrap servers.
         topic: The results topic.
-        group_id: This replica's consumer group.
+        group_id: This replica's consumer group (also its static member id).
+        dlq_topic: Where records that cannot be applied go.
+        publisher: Started publisher, for dead letters; its payload store resolves claims.
         projection: Where events are folded.
         subscribers: Who receives them live.
-        payloads: Resolves results published as claim checks (big outputs).
+        max_attempts: Attempts at a record failing for a reason other than a Redis outage.
+        max_in_flight: Records in flight above which partitions are paused.
+        stuck_after: Seconds after which a record not yet applied, or a poll loop that has not
+            turned, makes ``health()`` report the feed stuck.
+        retry_backoff: Base and cap of the backoff between attempts, seconds.
     """
 
     def __init__(
@@ -118,95 +63,112 @@ class ResultsFeed:
         bootstrap_servers: str,
         topic: str,
         group_id: str,
+        dlq_topic: str,
+        publisher: EventPublisher,
         projection: TaskProjection,
         subscribers: Subscribers,
-        payloads: PayloadStore | None = None,
+        max_attempts: int = 5,
+        max_in_flight: int = 512,
+        stuck_after: float = 30.0,
+        retry_backoff: tuple[float, float] = (0.2, 10.0),
     ) -> None:
-        self._payloads = payloads
-        self._consumer = AIOKafkaConsumer(
+        self._new_processor = functools.partial(
+            Processor,
+            name="gateway",
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
             # The group has this replica alone: as a static member, a restarted gateway takes
             # its partitions back at once instead of waiting out the dead member's session.
             group_instance_id=group_id,
-            client_id=group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            routes={topic: Route(results_adapter, self._handle)},
+            publisher=publisher,
+            dlq_topic=dlq_topic,
+            payloads=publisher.payloads,
+            max_attempts=max_attempts,
+            max_in_flight=max_in_flight,
+            stuck_after=stuck_after,
+            retry_backoff=retry_backoff,
         )
-        self._topic = topic
         self._projection = projection
         self._subscribers = subscribers
+        self._processor: Processor | None = None
         self._task: asyncio.Task[None] | None = None
-        self.assigned = False
+        self._stopping = asyncio.Event()
+        self._failure: str | None = None
+        self._outage_since: float | None = None
 
-    @property
-    def ready(self) -> bool:
-        """Whether the consumer has joined its group and owns its partitions."""
-        return self.assigned and self._task is not None and not self._task.done()
+    def health(self) -> tuple[bool, str]:
+        """Whether the feed is ready, and a line saying why not (for ``/readyz``)."""
+        if self._task is None or self._processor is None:
+            return False, "starting: the results feed is not running yet"
+        if self._task.done():
+            return False, "stopped: the results feed ended"
+        if self._failure is not None:
+            return False, f"restarting: the results feed stopped ({self._failure})"
+        ok, why = self._processor.health()
+        if not ok and self._outage_since is not None:
+            down = time.monotonic() - self._outage_since
+            why = f"{why}; Redis unavailable for {down:.0f}s"
+        return ok, why if ok else f"results feed {why}"
 
     async def start(self) -> None:
-        """Join the group and start consuming in a background task."""
-        self._consumer.subscribe([self._topic], listener=_AssignmentListener(self))
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run(), name="stepbus-gateway-results-feed")
+        """Start consuming in a background task (a processor that dies is replaced)."""
+        self._task = asyncio.create_task(self._supervise(), name="stepbus-gateway-results-feed")
+        await asyncio.sleep(0)
 
     async def stop(self) -> None:
         """Stop consuming (what was applied is committed) and end every stream."""
+        self._stopping.set()
+        if self._processor is not None:
+            self._processor.stop()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        with contextlib.suppress(KafkaError):
-            await self._consumer.stop()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, 30)
         self._subscribers.close_all()
 
-    async def _run(self) -> None:
-        while True:
-            batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+    async def _supervise(self) -> None:
+        delay = _RESTART_DELAY[0]
+        while not self._stopping.is_set():
+            self._processor = self._new_processor()
             try:
-                batch = await self._consumer.getmany(timeout_ms=1000, max_records=500)
-                for records in batch.values():
-                    for record in records:
-                        await self._handle(record)
-                if batch:
-                    await self._consumer.commit()
+                await self._processor.run()
+                if self._stopping.is_set():
+                    return
+                self._failure = "its processor returned"
             except asyncio.CancelledError:
                 raise
-            except Exception:  # never let one bad moment end the feed
-                log.exception("results feed batch failed; reading it again")
-                await asyncio.sleep(1.0)
-                # The position already moved past the batch: go back so nothing is skipped.
-                with contextlib.suppress(Exception):
-                    for tp, records in batch.items():
-                        self._consumer.seek(tp, records[0].offset)
+            except Exception as exc:  # e.g. the broker unreachable when joining the group
+                self._failure = clip(repr(exc))
+            log.error("results feed stopped (%s); starting again in %.0fs", self._failure, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            delay = min(_RESTART_DELAY[1], delay * 2)
+            self._failure = None
 
-    async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        value = record.value
-        if self._payloads is not None:
-            value = await self._payloads.resolve(value)  # a failed fetch re-reads the batch
-        try:
-            event: ResultEvent = decode(results_adapter, value)
-        except DecodeError as exc:
-            log.warning(
-                "skipping undecodable record %s[%d]@%d: %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                exc,
-            )
-            RECORDS.labels("gateway", record.topic, "poison").inc()
-            return
-        applied = await self._apply(event)
+    async def _handle(self, event: ResultEvent, context: RecordContext) -> Sequence[Emit]:
+        await self._apply(event, context.offset)
         # Fanned out even if already applied (maybe by another replica): streams drop duplicates.
         self._subscribers.publish(event)
-        RECORDS.labels("gateway", record.topic, "ok" if applied else "duplicate").inc()
+        return ()
 
-    async def _apply(self, event: ResultEvent) -> bool:
+    async def _apply(self, event: ResultEvent, offset: int) -> None:
+        """Write the event, waiting out a Redis outage however long it lasts."""
         delay = 0.1
         while True:
             try:
-                return await self._projection.apply(event)
-            except (RedisError, OSError) as exc:
-                log.warning("projection write failed (%r); retrying in %.1fs", exc, delay)
+                await self._projection.apply(event, offset)
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise  # the processor retries, then dead-letters
+                if self._outage_since is None:
+                    self._outage_since = time.monotonic()
+                    log.warning("projection writes fail (%s); retrying until Redis answers",
+                                clip(repr(exc)))  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+                continue
+            if self._outage_since is not None:
+                log.warning("projection writes succeed again after %.1fs",
+                            time.monotonic() - self._outage_since)  # fmt: skip
+                self._outage_since = None
+            return

@@ -1,36 +1,60 @@
 """The task projection in Redis: each task's status and its stored results events.
 
-A cache, not the truth: it is a fold of the ``results`` topic and is rebuilt from it. Keys, per
-tenant and task::
+A cache, not the truth: it is a fold of the ``results`` topic and is rebuilt from it
+(``rebuild``). Keys live under the results topic's name (``ns``), so deployments with
+different topic prefixes can share a Redis; per tenant and task::
 
-    stepbus:gw:{tenant}:{<task id>}          hash: status, output, error, steps, updated_at
-    stepbus:gw:{tenant}:{<task id>}:events   list: event JSON in arrival order (capped)
-    stepbus:gw:{tenant}:{<task id>}:seen     set: ids of events already applied
+    stepbus:gw:{ns}:{tenant}:{<task id>}          hash: status, output, error, steps, updated_at,
+                                                  offset (of the event that set the status)
+    stepbus:gw:{ns}:{tenant}:{<task id>}:events   sorted set: event JSON scored by its offset
+    stepbus:gw:{ns}:{tenant}:{<task id>}:seen     set: ids of events already applied
+    stepbus:gw:{ns}:generation                    hash: epoch, state (rebuilding | ready), since
 
 The task id sits in braces: braces cannot occur in a task id, so ``a:events`` cannot collide
-with the list of task ``a``, and the braces make it the Redis Cluster hash tag, so the three
-keys share a slot as the scripts below require. Writes are Lua scripts, atomic in Redis, so
-gateway replicas sharing one Redis apply an event once and never regress a terminal status.
+with the events of task ``a``, and the braces make it the Redis Cluster hash tag, so the three
+keys of a task share a slot as the scripts below require (each script touches one slot).
+
+Writes are Lua scripts, atomic in Redis, so gateway replicas sharing one Redis apply an event
+once and never regress a terminal status. Events are ordered by their offset in ``results``
+(all of a task's events are in one partition), not by when they were applied: replicas, and a
+rebuild running beside the live feed, may apply a task's events in any interleaving and the
+stored order is still the topic's order; the status is set only by a later offset than the one
+that set it last.
+
+The ``generation`` hash says whether the projection is whole. Redis losing it (``FLUSHALL``, a
+restart without persistence, eviction) loses the generation too, which is how a replica notices
+that the projection must be rebuilt from the topic.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from stepbus_contracts import TaskCancelled, TaskCompleted, TaskFailed, TaskProgress, utcnow
 
 __all__ = [
     "TERMINAL_STATUSES",
     "TERMINAL_TYPES",
+    "Generation",
     "ResultEvent",
     "TaskProjection",
     "TaskStatus",
     "TaskView",
     "event_id_and_type",
+    "is_outage",
     "status_fields",
 ]
 
@@ -43,6 +67,22 @@ TERMINAL_TYPES: frozenset[str] = frozenset(
 ResultEvent: TypeAlias = TaskProgress | TaskCompleted | TaskFailed | TaskCancelled
 """What the results topic carries (the union ``results_adapter`` decodes)."""
 
+_OUTAGES = (
+    RedisConnectionError,  # also refused auth and a server still loading its data
+    RedisTimeoutError,
+    OutOfMemoryError,
+    ReadOnlyError,  # a replica being promoted
+    TryAgainError,
+    ClusterDownError,
+    OSError,
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means Redis is unavailable (wait for it), not that a write is wrong."""
+    return isinstance(exc, _OUTAGES)
+
+
 # KEYS: hash; ARGV: ttl, then field/value pairs. Creates the task unless it exists.
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -51,17 +91,20 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS: hash, events, seen; ARGV: event id, event JSON, ttl, max events, field/value pairs.
-# Drops an event already seen; stores it otherwise; a terminal status is never overwritten.
+# KEYS: hash, events, seen; ARGV: event id, event JSON, offset, ttl, max events, field/value
+# pairs. Drops an event already seen; stores it at its offset otherwise; the status is set by
+# a later offset than the last one only, and a terminal status is never overwritten.
 _APPLY = """
 if redis.call('SADD', KEYS[3], ARGV[1]) == 0 then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[2])
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[5]) - 1)
 local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'completed' and status ~= 'failed' and status ~= 'cancelled' then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+local last = tonumber(redis.call('HGET', KEYS[1], 'offset') or '-1')
+if status ~= 'completed' and status ~= 'failed' and status ~= 'cancelled'
+   and tonumber(ARGV[3]) > last then
+  redis.call('HSET', KEYS[1], 'offset', ARGV[3], unpack(ARGV, 6))
 end
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
 return 1
 """
 
@@ -71,6 +114,30 @@ if redis.call('HGET', KEYS[1], 'status') == 'submitted' and redis.call('EXISTS',
 then return redis.call('DEL', KEYS[1], KEYS[3]) end
 return 0
 """
+
+# KEYS: generation; ARGV: a new epoch, now. Starts a generation (rebuilding) unless one exists.
+_BEGIN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'state', 'rebuilding', 'since', ARGV[2])
+end
+return redis.call('HMGET', KEYS[1], 'epoch', 'state')
+"""
+
+# KEYS: generation; ARGV: epoch. Marks the generation rebuilt, unless another one began since.
+_REBUILT = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'ready')
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One life of the projection: it begins when a replica finds the projection lost."""
+
+    epoch: str
+    ready: bool
+    """False while the projection is being rebuilt from the topic."""
 
 
 @dataclass(frozen=True)
@@ -160,22 +227,28 @@ class TaskProjection:
 
     Args:
         redis: The client.
+        namespace: Names the projection in Redis: the results topic it folds.
         ttl_seconds: Every key of a task expires this long after the task's last write.
-        max_events: Most events kept per task; older ones are trimmed.
+        max_events: Most events kept per task; the oldest (by offset) are trimmed.
     """
 
-    def __init__(self, redis: Redis, *, ttl_seconds: int, max_events: int = 2000) -> None:
+    def __init__(
+        self, redis: Redis, *, namespace: str, ttl_seconds: int, max_events: int = 2000
+    ) -> None:
         self._redis = redis
+        self._ns = namespace
         self._ttl = ttl_seconds
         self._max_events = max_events
         self._create = redis.register_script(_CREATE)
         self._apply = redis.register_script(_APPLY)
         self._discard = redis.register_script(_DISCARD)
+        self._begin = redis.register_script(_BEGIN)
+        self._rebuilt = redis.register_script(_REBUILT)
+        self.generation_key = f"stepbus:gw:{namespace}:generation"
 
-    @staticmethod
-    def keys(tenant: str, task_id: str) -> tuple[str, str, str]:
+    def keys(self, tenant: str, task_id: str) -> tuple[str, str, str]:
         """The hash, events and seen keys of a task."""
-        base = f"stepbus:gw:{tenant}:{{{task_id}}}"
+        base = f"stepbus:gw:{self._ns}:{tenant}:{{{task_id}}}"
         return base, f"{base}:events", f"{base}:seen"
 
     async def create(self, tenant: str, task_id: str) -> bool:
@@ -190,12 +263,29 @@ class TaskProjection:
         """Forget a task whose submission was not published, so the client may retry it."""
         await self._discard(keys=list(self.keys(tenant, task_id)))
 
-    async def apply(self, event: ResultEvent) -> bool:
-        """Fold a results event into its task; ``False`` when the event was applied before."""
-        args = [event.id, event.model_dump_json(), self._ttl, self._max_events]
+    def _apply_args(self, event: ResultEvent, offset: int) -> tuple[list[str], list[Any]]:
+        args: list[Any] = [event.id, event.model_dump_json(), offset, self._ttl, self._max_events]
         args += _flatten(status_fields(event))
-        applied = await self._apply(keys=list(self.keys(event.tenant, event.subject)), args=args)
-        return bool(applied)
+        return list(self.keys(event.tenant, event.subject)), args
+
+    async def apply(self, event: ResultEvent, offset: int) -> bool:
+        """Fold a results event, read at ``offset`` of its partition, into its task.
+
+        Returns ``False`` when the event was applied before (by id).
+        """
+        keys, args = self._apply_args(event, offset)
+        return bool(await self._apply(keys=keys, args=args))
+
+    async def apply_many(self, events: Sequence[tuple[ResultEvent, int]]) -> int:
+        """``apply`` each (event, offset) in one round trip; how many were new."""
+        if not events:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event, offset in events:
+                keys, args = self._apply_args(event, offset)
+                await self._apply(keys=keys, args=args, client=pipe)
+            applied = await pipe.execute()
+        return sum(1 for new in applied if new)
 
     async def get(self, tenant: str, task_id: str) -> TaskView | None:
         """The task's status, or ``None`` when this tenant has no such task."""
@@ -203,20 +293,29 @@ class TaskProjection:
         return TaskView.from_hash(fields) if fields else None
 
     async def snapshot(self, tenant: str, task_id: str) -> tuple[TaskView | None, list[str]]:
-        """The task's status and stored events (JSON, oldest first), read atomically."""
+        """The task's status and stored events (JSON, in topic order), read atomically."""
         hash_key, events_key, _ = self.keys(tenant, task_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(hash_key)
-            pipe.lrange(events_key, 0, -1)
+            pipe.zrange(events_key, 0, -1)
             fields, events = await pipe.execute()
         return (TaskView.from_hash(fields) if fields else None), list(events)
 
-    async def ping(self) -> bool:
-        """Whether Redis answers."""
-        try:
-            return bool(await self._redis.ping())
-        except (RedisError, OSError):
-            return False
+    async def generation(self) -> Generation | None:
+        """The current generation; ``None`` when Redis lost it (the projection with it)."""
+        epoch, state = await self._redis.hmget(self.generation_key, ["epoch", "state"])
+        return None if epoch is None else Generation(str(epoch), state == "ready")
+
+    async def begin_generation(self) -> Generation:
+        """The current generation, or a new one (being rebuilt) when Redis has none."""
+        epoch, state = await self._begin(
+            keys=[self.generation_key], args=[uuid.uuid4().hex, utcnow().isoformat()]
+        )
+        return Generation(epoch, state == "ready")
+
+    async def mark_rebuilt(self, epoch: str) -> bool:
+        """Declare generation ``epoch`` whole; ``False`` when another generation began since."""
+        return bool(await self._rebuilt(keys=[self.generation_key], args=[epoch]))
 
 
 def event_id_and_type(event_json: str) -> tuple[str, str]:

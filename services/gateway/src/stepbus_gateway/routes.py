@@ -28,18 +28,23 @@ from stepbus_contracts import (
 from stepbus_runtime import Emit, EventPublisher
 
 from .errors import ApiError
-from .feed import ResultsFeed, Subscribers
-from .projection import TaskProjection
+from .fanout import Subscribers
+from .feed import ResultsFeed
+from .projection import TaskProjection, TaskView
+from .rebuild import ProjectionRebuilder
 from .settings import TENANT_PATTERN, GatewaySettings
 from .sse import task_event_stream
 
-__all__ = ["EXCEPTION_HANDLERS", "SOURCE", "TENANT_HEADER", "Services", "routes"]
+__all__ = ["EXCEPTION_HANDLERS", "SOURCE", "TENANT_HEADER", "Services", "TaskId", "routes"]
 
 SOURCE = "urn:stepbus:gateway"
 TENANT_HEADER = "X-Stepbus-Tenant"
+RETRY_AFTER_SECONDS = 2
+"""What a 503 asks the client to wait before retrying."""
 
 _TENANT = re.compile(TENANT_PATTERN)
 _tracer = trace.get_tracer("stepbus.gateway")
+
 
 TaskId = Annotated[str, *CloudEvent.model_fields["subject"].metadata]
 _M = TypeVar("_M", bound=BaseModel)
@@ -54,6 +59,7 @@ class Services:
     projection: TaskProjection
     subscribers: Subscribers
     feed: ResultsFeed
+    rebuilder: ProjectionRebuilder
 
 
 class SubmitTaskRequest(TaskSubmittedData):
@@ -90,6 +96,11 @@ def _tenant(request: Request) -> str:
     return tenant
 
 
+def _task_id(request: Request) -> str:
+    task_id: str = request.path_params["task_id"]
+    return task_id
+
+
 def _parse(model: type[_M], body: bytes) -> _M:
     try:
         return model.model_validate_json(body or b"{}")
@@ -110,6 +121,29 @@ def _parse(model: type[_M], body: bytes) -> _M:
         raise ApiError(422, message, details) from None
 
 
+async def _projection_whole(services: Services) -> bool:
+    generation = await services.projection.generation()
+    return generation is not None and generation.ready
+
+
+def _rebuilding(what: str) -> ApiError:
+    return ApiError(
+        503,
+        f"the task store is being rebuilt from Kafka; {what}: retry in a few seconds",
+        retry_after=RETRY_AFTER_SECONDS,
+    )
+
+
+async def _view(services: Services, tenant: str, task_id: str) -> TaskView:
+    """The task's view; 404 when the tenant has no such task, 503 while that is not known."""
+    view = await services.projection.get(tenant, task_id)
+    if view is not None:
+        return view
+    if not await _projection_whole(services):
+        raise _rebuilding(f"task {task_id!r} may not be back yet")
+    raise ApiError(404, f"no task {task_id!r}")
+
+
 async def _publish(services: Services, event: CloudEvent) -> None:
     try:
         await asyncio.wait_for(
@@ -118,7 +152,9 @@ async def _publish(services: Services, event: CloudEvent) -> None:
         )
     except (KafkaError, TimeoutError) as exc:
         raise ApiError(
-            503, f"Kafka did not acknowledge the request ({type(exc).__name__}); retry later"
+            503,
+            f"Kafka did not acknowledge the request ({type(exc).__name__}); retry later",
+            retry_after=RETRY_AFTER_SECONDS,
         ) from exc
 
 
@@ -128,11 +164,16 @@ def _urls(task_id: str) -> tuple[str, str]:
 
 
 async def submit_task(request: Request) -> Response:
-    """Accept a task: record it as submitted, publish ``TaskSubmitted``, answer 202."""
+    """Accept a task: record it as submitted, publish ``TaskSubmitted``, answer 202.
+
+    503 while the projection is being rebuilt: it cannot tell yet whether the task id exists.
+    """
     services = _services(request)
     tenant = _tenant(request)
     body = _parse(SubmitTaskRequest, await request.body())
     task_id = body.task_id
+    if not await _projection_whole(services):
+        raise _rebuilding("whether this task id is taken is not known yet")
     if not await services.projection.create(tenant, task_id):
         raise ApiError(409, f"task {task_id!r} already exists; submit with another task_id")
     event = TaskSubmitted(
@@ -170,20 +211,21 @@ async def submit_task(request: Request) -> Response:
 async def get_task(request: Request) -> Response:
     """The task's status and result."""
     services = _services(request)
-    task_id = request.path_params["task_id"]
-    view = await services.projection.get(_tenant(request), task_id)
-    if view is None:
-        raise ApiError(404, f"no task {task_id!r}")
+    tenant, task_id = _tenant(request), _task_id(request)
+    view = await _view(services, tenant, task_id)
     return JSONResponse(view.to_json())
 
 
 async def stream_task_events(request: Request) -> Response:
-    """The task's events as SSE: stored ones, then live ones, closing after the terminal one."""
+    """The task's events as SSE: stored ones, then live ones, closing after the terminal one.
+
+    503 while the projection is being rebuilt: the replay would miss events not back yet.
+    """
     services = _services(request)
-    tenant = _tenant(request)
-    task_id = request.path_params["task_id"]
-    if await services.projection.get(tenant, task_id) is None:
-        raise ApiError(404, f"no task {task_id!r}")
+    tenant, task_id = _tenant(request), _task_id(request)
+    if not await _projection_whole(services):
+        raise _rebuilding(f"the events of task {task_id!r} may not all be back yet")
+    await _view(services, tenant, task_id)
     stream = task_event_stream(
         request=request,
         projection=services.projection,
@@ -203,12 +245,9 @@ async def stream_task_events(request: Request) -> Response:
 async def cancel_task(request: Request) -> Response:
     """Ask the planner to stop the task; it ends with ``stepbus.task.cancelled``."""
     services = _services(request)
-    tenant = _tenant(request)
-    task_id = request.path_params["task_id"]
+    tenant, task_id = _tenant(request), _task_id(request)
     body = _parse(CancelTaskRequest, await request.body())
-    view = await services.projection.get(tenant, task_id)
-    if view is None:
-        raise ApiError(404, f"no task {task_id!r}")
+    view = await _view(services, tenant, task_id)
     if view.terminal:
         raise ApiError(409, f"task {task_id!r} has already ended ({view.status})")
     event = TaskCancelRequested(
@@ -232,11 +271,22 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Readiness: the results feed owns its partitions and Redis answers."""
+    """Readiness: Redis answers, the results feed runs and is not stuck, the projection whole.
+
+    A 503 body has one line per reason.
+    """
     services = _services(request)
-    if services.feed.ready and await services.projection.ping():
-        return PlainTextResponse("ready\n")
-    return PlainTextResponse("starting\n", status_code=503)
+    problems = [why for ok, why in (services.feed.health(), services.rebuilder.health()) if not ok]
+    try:
+        whole = await asyncio.wait_for(_projection_whole(services), 2.0)
+    except (RedisError, OSError, TimeoutError):
+        problems.insert(0, "redis: not answering")
+    else:
+        if not whole:
+            problems.append(services.rebuilder.progress())
+    if problems:
+        return PlainTextResponse("".join(f"{line}\n" for line in problems), status_code=503)
+    return PlainTextResponse("ready\n")
 
 
 async def metrics(request: Request) -> Response:
@@ -247,7 +297,7 @@ async def metrics(request: Request) -> Response:
 async def api_error(request: Request, exc: Exception) -> Response:
     """Render an ``ApiError``."""
     assert isinstance(exc, ApiError)
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
 
 
 async def redis_error(request: Request, exc: Exception) -> Response:
@@ -255,7 +305,7 @@ async def redis_error(request: Request, exc: Exception) -> Response:
     body: dict[str, Any] = {
         "error": {"message": f"the task store is unavailable ({type(exc).__name__}); retry later"}
     }
-    return JSONResponse(body, status_code=503)
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 def routes() -> list[Route]:

@@ -56,6 +56,21 @@ class GatewaySettings(ServiceSettings):
     shutdown_timeout_seconds: int = Field(
         default=10, ge=0, description="Grace period for open streams on shutdown."
     )
+    redis_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Longest wait for one Redis command or connection."
+    )
+    stuck_after_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="`/readyz` fails when a results record has waited this long to be applied, "
+        "or the feed's poll loop or the projection check has not run for this long.",
+    )
+    projection_check_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often the projection is checked for loss (a Redis flush or restart), "
+        "which starts its rebuild from the results topic.",
+    )
 
     @property
     def feed_group_id(self) -> str:

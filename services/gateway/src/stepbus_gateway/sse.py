@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from prometheus_client import Gauge
 from starlette.requests import Request
 
-from .feed import Subscribers, Subscription
+from .fanout import Subscribers, Subscription
 from .projection import TERMINAL_TYPES, TaskProjection, event_id_and_type
 
 __all__ = ["KEEP_ALIVE", "frame", "task_event_stream"]
