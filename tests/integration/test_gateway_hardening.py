@@ -1,13 +1,16 @@
 """Regression tests of the gateway's hardening, against the real broker, Redis and uvicorn.
 
-Poison records on ``results`` (finding 5), a Redis outage, and a flushed projection with two
-replicas (finding 10).
+Poison records on ``results`` (finding 5), a Redis outage, a flushed projection with two
+replicas (finding 10), task ids in paths, and request bodies over raw HTTP/1.1.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlparse, urlunparse
@@ -34,6 +37,8 @@ pytestmark = pytest.mark.integration
 
 FLUSH_DB = 13
 """The Redis DB the flush test owns (never DB 0, which other tests and services share)."""
+
+BODY_LIMIT = 4096
 
 
 def _redis_db(redis_url: str, db: int) -> str:
@@ -261,3 +266,173 @@ async def test_a_flushed_projection_is_rebuilt_from_kafka_with_two_replicas(
         await publisher.stop()
         await redis.flushdb()
         await redis.aclose()
+
+
+# -- finding 10: task ids in paths ------------------------------------------------------------
+
+
+async def test_an_encoded_slash_in_a_task_id_is_refused_not_routed_elsewhere(
+    gateway: Gateway,
+) -> None:
+    task_id = await gateway.submit(task_id=f"pc-{uuid.uuid4().hex[:8]}")
+    headers = {TENANT: "acme"}
+
+    for method, path in [
+        ("GET", f"/v1/tasks/{task_id}%2Fevents"),
+        ("GET", f"/v1/tasks/{task_id}%2fevents"),
+        ("POST", f"/v1/tasks/{task_id}%2Fcancel"),
+    ]:
+        # Streamed, so a request taken for the events of the task cannot hang the test.
+        async with gateway.client.stream(method, path, headers=headers) as response:
+            assert response.status_code == 400, (path, response.headers["content-type"])
+            assert "task id" in json.loads(await response.aread())["error"]["message"]
+    for path in [f"/v1/tasks/{task_id}/events/more", f"/v1/tasks/{task_id}/status"]:
+        unknown = await gateway.client.get(path, headers=headers)
+        assert unknown.status_code == 404 and "error" in unknown.json()
+    wrong_method = await gateway.client.get(f"/v1/tasks/{task_id}/cancel", headers=headers)
+    assert wrong_method.status_code == 405
+    # The same task is still readable by its plain id.
+    assert (await gateway.status(task_id))["task_id"] == task_id
+
+
+async def test_every_character_of_the_task_id_rule_works_in_every_route(gateway: Gateway) -> None:
+    task_id = f"a.b_c:d@e-{uuid.uuid4().hex[:6]}"
+    await gateway.submit(task_id=task_id)
+    headers = {TENANT: "acme"}
+
+    assert (await gateway.status(task_id))["task_id"] == task_id
+    cancel = await gateway.client.post(f"/v1/tasks/{task_id}/cancel", headers=headers)
+    assert cancel.status_code == 202, cancel.text
+    await gateway.produce_results(_completed(task_id))
+    async with (
+        asyncio.timeout(20),
+        gateway.client.stream("GET", f"/v1/tasks/{task_id}/events", headers=headers) as resp,
+    ):
+        events = [m async for m in _sse(resp) if "comment" not in m]
+    assert [json.loads(m["data"])["subject"] for m in events] == [task_id]
+    too_long = await gateway.client.get(f"/v1/tasks/{'x' * 257}", headers=headers)
+    assert too_long.status_code == 400
+
+
+# -- finding 10: request bodies ---------------------------------------------------------------
+
+
+@pytest.fixture
+async def small_gateway(
+    kafka_bootstrap: str, redis_url: str, topics: Topics
+) -> AsyncIterator[Gateway]:
+    """A gateway accepting bodies of at most ``BODY_LIMIT`` bytes."""
+    settings = _settings(kafka_bootstrap, redis_url, topics, max_body_bytes=BODY_LIMIT)
+    async with running_gateway(settings, topics, kafka_bootstrap) as gateway:
+        yield gateway
+
+
+async def _raw(port: int, request: bytes, *, close_after: bool = False) -> bytes:
+    """Send raw bytes; the response (``b""`` when the request is abandoned: ``close_after``)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        if close_after:
+            return b""
+        async with asyncio.timeout(10):
+            return await reader.read(65536)
+    finally:
+        writer.close()
+
+
+def _head(path: str, *lines: str) -> bytes:
+    return "\r\n".join([f"POST {path} HTTP/1.1", "Host: gw", *lines, "", ""]).encode()
+
+
+async def test_bodies_must_be_plain_json(small_gateway: Gateway) -> None:
+    post = small_gateway.client.post
+    task_id = await small_gateway.submit(task_id=_task_id())
+    body = json.dumps({"input": "What is 17 * 23?"}).encode()
+
+    text = await post("/v1/tasks", content=body, headers={"content-type": "text/plain"})
+    gzip = await post(
+        "/v1/tasks",
+        content=body,
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )
+    utf8 = await post(
+        "/v1/tasks", content=body, headers={"content-type": "application/json; charset=utf-8"}
+    )
+    cancel_text = await post(
+        f"/v1/tasks/{task_id}/cancel",
+        content=b'{"reason": "x"}',
+        headers={TENANT: "acme", "content-type": "text/plain"},
+    )
+
+    assert text.status_code == 415 and "application/json" in text.json()["error"]["message"]
+    assert gzip.status_code == 415 and "gzip" in gzip.json()["error"]["message"]
+    assert utf8.status_code == 202, utf8.text
+    assert cancel_text.status_code == 415
+    # A cancel without a body needs no Content-Type, with or without a Content-Length.
+    empty = await post(f"/v1/tasks/{task_id}/cancel", headers={TENANT: "acme"})
+    assert empty.status_code == 202, empty.text
+    bare = await _raw(
+        small_gateway.port, _head(f"/v1/tasks/{task_id}/cancel", "X-Stepbus-Tenant: acme")
+    )
+    assert bare.startswith(b"HTTP/1.1 202"), bare
+
+
+async def test_bodies_above_the_limit_are_refused_with_413(small_gateway: Gateway) -> None:
+    # Declared too big: refused before anything is sent after the headers.
+    declared = await _raw(
+        small_gateway.port,
+        _head("/v1/tasks", "Content-Type: application/json", "Content-Length: 100000000"),
+    )
+    assert declared.startswith(b"HTTP/1.1 413"), declared
+    # Chunked, so undeclared: cut off once past the limit.
+    chunk = b"x" * 3000
+    chunked = _head("/v1/tasks", "Content-Type: application/json", "Transfer-Encoding: chunked")
+    chunked += b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(3)) + b"0\r\n\r\n"
+    response = await _raw(small_gateway.port, chunked)
+    assert response.startswith(b"HTTP/1.1 413"), response
+    assert str(BODY_LIMIT).encode() in response
+    # A task just under the limit is accepted.
+    fits = await small_gateway.client.post("/v1/tasks", json={"input": "x" * (BODY_LIMIT - 100)})
+    assert fits.status_code == 202, fits.text
+
+
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_a_body_shorter_than_its_length_logs_one_line_and_no_traceback(
+    small_gateway: Gateway,
+) -> None:
+    collect = Collect()
+    loggers = [logging.getLogger(), logging.getLogger("uvicorn")]
+    gateway_logger = logging.getLogger("stepbus_gateway")
+    level = gateway_logger.level
+    gateway_logger.setLevel(logging.INFO)
+    for logger in loggers:
+        logger.addHandler(collect)
+    try:
+        head = _head("/v1/tasks", "Content-Type: application/json", "Content-Length: 1000")
+        await _raw(small_gateway.port, head + b'{"input": "cut', close_after=True)
+
+        def about_it() -> list[logging.LogRecord]:
+            return [
+                r
+                for r in collect.records
+                if "disconnect" in r.getMessage() or "ASGI" in r.getMessage() or r.exc_info
+            ]
+
+        await wait_until(about_it, 10, "the gateway to notice the client left")
+        # Nothing else is on its way: the next request on a new connection is served.
+        assert await _ready(small_gateway)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(collect)
+        gateway_logger.setLevel(level)
+    [line] = about_it()
+    assert line.exc_info is None and len(line.getMessage()) < 500, line.getMessage()

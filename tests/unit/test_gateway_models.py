@@ -32,10 +32,12 @@ def test_settings_read_the_gateway_prefix_and_shared_names(
     monkeypatch.setenv("REDIS_URL", "redis://cache:6379/2")
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka:9092")
     monkeypatch.setenv("STEPBUS_TOPIC_PREFIX", "prod.")
+    monkeypatch.setenv("STEPBUS_GATEWAY_MAX_BODY_BYTES", "65536")
 
     settings = GatewaySettings()
 
     assert settings.port == 9001
+    assert settings.max_body_bytes == 65536
     assert settings.redis_url == "redis://cache:6379/2"
     assert settings.kafka_bootstrap_servers == "kafka:9092"
     assert settings.instance_id.endswith("-9001")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ApiError", "GatewayError"]
+__all__ = ["ApiError", "ClientGone", "GatewayError"]
 
 
 class GatewayError(Exception):
@@ -42,3 +42,12 @@ class ApiError(GatewayError):
     def headers(self) -> dict[str, str]:
         """The response headers the error needs."""
         return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
+
+class ClientGone(GatewayError):
+    """The client went away before sending its whole request body: nobody to answer."""
+
+    def __init__(self, received: int, declared: int | None) -> None:
+        super().__init__(f"client disconnected after {received} of {declared} body bytes")
+        self.received = received
+        self.declared = declared

@@ -1,9 +1,16 @@
-"""HTTP handlers: submit, inspect, stream and cancel tasks; health, readiness and metrics."""
+"""HTTP handlers: submit, inspect, stream and cancel tasks; health, readiness and metrics.
+
+Task ids in paths are single segments (no ``path`` converter): a task id never contains '/',
+and an encoded one (``%2F``) is refused, so ``/v1/tasks/<id>``, ``/v1/tasks/<id>/events`` and
+``/v1/tasks/<id>/cancel`` can never be taken for one another.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
@@ -12,8 +19,9 @@ from uuid import uuid4
 from aiokafka.errors import KafkaError
 from opentelemetry import propagate, trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -25,9 +33,10 @@ from stepbus_contracts import (
     TaskSubmittedData,
     derive_id,
 )
-from stepbus_runtime import Emit, EventPublisher
+from stepbus_runtime import Emit, EventPublisher, clip
 
-from .errors import ApiError
+from .bodies import read_json_body
+from .errors import ApiError, ClientGone
 from .fanout import Subscribers
 from .feed import ResultsFeed
 from .projection import TaskProjection, TaskView
@@ -37,6 +46,8 @@ from .sse import task_event_stream
 
 __all__ = ["EXCEPTION_HANDLERS", "SOURCE", "TENANT_HEADER", "Services", "TaskId", "routes"]
 
+log = logging.getLogger(__name__)
+
 SOURCE = "urn:stepbus:gateway"
 TENANT_HEADER = "X-Stepbus-Tenant"
 RETRY_AFTER_SECONDS = 2
@@ -44,9 +55,19 @@ RETRY_AFTER_SECONDS = 2
 
 _TENANT = re.compile(TENANT_PATTERN)
 _tracer = trace.get_tracer("stepbus.gateway")
+_MAX_DETAILS = 20
 
 
 TaskId = Annotated[str, *CloudEvent.model_fields["subject"].metadata]
+"""A task id as the contract defines one (the CloudEvents ``subject``): it never holds '/'."""
+
+_TASK_ID = TypeAdapter(TaskId)
+_TASK_ID_SCHEMA = _TASK_ID.json_schema()
+TASK_ID_RULE = (
+    f"a task id is {_TASK_ID_SCHEMA.get('minLength', 1)}-{_TASK_ID_SCHEMA.get('maxLength')} "
+    f"characters matching {_TASK_ID_SCHEMA.get('pattern')}"
+)
+
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -96,9 +117,31 @@ def _tenant(request: Request) -> str:
     return tenant
 
 
+def path_task_id(scope: Mapping[str, Any], task_id: str) -> str:
+    """The task id of a request path, checked (400) against the task id rule.
+
+    ``task_id`` is the decoded path segment the route matched; the raw path shows whether the
+    client encoded a '/' into it (more '/' in the decoded path than in the raw one), which
+    would otherwise make ``pc-1%2Fevents`` the events of task ``pc-1``.
+    """
+    raw_path = scope.get("raw_path")
+    if raw_path is not None and raw_path.count(b"/") != scope["path"].count("/"):
+        raise ApiError(400, f"the path holds an encoded '/' (%2F): {TASK_ID_RULE}")
+    try:
+        return _TASK_ID.validate_python(task_id)
+    except ValidationError:
+        raise ApiError(400, f"invalid task id {clip(task_id, 80)!r}: {TASK_ID_RULE}") from None
+
+
 def _task_id(request: Request) -> str:
-    task_id: str = request.path_params["task_id"]
-    return task_id
+    return path_task_id(request.scope, request.path_params["task_id"])
+
+
+async def _body(request: Request) -> bytes:
+    settings = _services(request).settings
+    return await read_json_body(
+        request, limit=settings.max_body_bytes, wait_seconds=settings.body_timeout_seconds
+    )
 
 
 def _parse(model: type[_M], body: bytes) -> _M:
@@ -116,7 +159,7 @@ def _parse(model: type[_M], body: bytes) -> _M:
                 "message": err["msg"],
                 "type": err["type"],
             }
-            for err in errors
+            for err in errors[:_MAX_DETAILS]
         ]
         raise ApiError(422, message, details) from None
 
@@ -170,7 +213,7 @@ async def submit_task(request: Request) -> Response:
     """
     services = _services(request)
     tenant = _tenant(request)
-    body = _parse(SubmitTaskRequest, await request.body())
+    body = _parse(SubmitTaskRequest, await _body(request))
     task_id = body.task_id
     if not await _projection_whole(services):
         raise _rebuilding("whether this task id is taken is not known yet")
@@ -246,7 +289,7 @@ async def cancel_task(request: Request) -> Response:
     """Ask the planner to stop the task; it ends with ``stepbus.task.cancelled``."""
     services = _services(request)
     tenant, task_id = _tenant(request), _task_id(request)
-    body = _parse(CancelTaskRequest, await request.body())
+    body = _parse(CancelTaskRequest, await _body(request))
     view = await _view(services, tenant, task_id)
     if view.terminal:
         raise ApiError(409, f"task {task_id!r} has already ended ({view.status})")
@@ -300,6 +343,20 @@ async def api_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
 
 
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Render Starlette's own errors (unknown path, wrong method) like ours."""
+    assert isinstance(exc, HTTPException)
+    body = {"error": {"message": f"{exc.detail}: {request.method} {clip(request.url.path, 200)}"}}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The client left mid-body: one line in the log, and a response nobody will read."""
+    assert isinstance(exc, ClientGone)
+    log.info("%s %s: %s", request.method, clip(request.url.path, 200), exc)
+    return Response(status_code=400)
+
+
 async def redis_error(request: Request, exc: Exception) -> Response:
     """Redis is down: the caller may retry later."""
     body: dict[str, Any] = {
@@ -309,16 +366,21 @@ async def redis_error(request: Request, exc: Exception) -> Response:
 
 
 def routes() -> list[Route]:
-    """The gateway's routes. Task ids may contain '/', hence the ``path`` converters."""
+    """The gateway's routes (task ids are single path segments: see the module)."""
     return [
         Route("/v1/tasks", submit_task, methods=["POST"]),
-        Route("/v1/tasks/{task_id:path}/events", stream_task_events, methods=["GET"]),
-        Route("/v1/tasks/{task_id:path}/cancel", cancel_task, methods=["POST"]),
-        Route("/v1/tasks/{task_id:path}", get_task, methods=["GET"]),
+        Route("/v1/tasks/{task_id}/events", stream_task_events, methods=["GET"]),
+        Route("/v1/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
+        Route("/v1/tasks/{task_id}", get_task, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
 
 
-EXCEPTION_HANDLERS = {ApiError: api_error, RedisError: redis_error}
+EXCEPTION_HANDLERS = {
+    ApiError: api_error,
+    ClientGone: client_gone,
+    HTTPException: http_error,
+    RedisError: redis_error,
+}

@@ -56,6 +56,15 @@ class GatewaySettings(ServiceSettings):
     shutdown_timeout_seconds: int = Field(
         default=10, ge=0, description="Grace period for open streams on shutdown."
     )
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted (413 above it). The default fits any valid "
+        "task: `input` is at most 100,000 characters, 600 kB even if every one is escaped.",
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Longest wait for a request body to arrive (408 after)."
+    )
     redis_timeout_seconds: float = Field(
         default=5.0, gt=0, description="Longest wait for one Redis command or connection."
     )
