@@ -143,3 +143,22 @@ def test_keys_of_a_task_never_collide_with_another_tasks_or_projections() -> Non
     assert other.keys("acme", "a")[0] != hash_a
     assert projection.generation_key == "stepbus:gw:p.results:generation"
     assert other.generation_key != projection.generation_key
+
+
+def test_a_submit_body_is_not_coerced() -> None:
+    from stepbus_gateway.errors import ApiError
+    from stepbus_gateway.routes import SubmitTaskRequest, _parse
+
+    for body in (
+        b'{"input": "q", "max_iterations": "8"}',
+        b'{"input": "q", "max_iterations": true}',
+    ):
+        try:
+            _parse(SubmitTaskRequest, body)
+        except ApiError as exc:
+            assert exc.status == 422
+        else:
+            raise AssertionError(f"{body!r} was coerced")
+    assert (
+        _parse(SubmitTaskRequest, b'{"input": "q", "deadline_seconds": 30}').deadline_seconds == 30
+    )

@@ -146,7 +146,7 @@ async def _body(request: Request) -> bytes:
 
 def _parse(model: type[_M], body: bytes) -> _M:
     try:
-        return model.model_validate_json(body or b"{}")
+        return model.model_validate_json(body or b"{}", strict=True)  # as the contract: no coercion
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         if any(err["type"] == "json_invalid" for err in errors):
