@@ -13,6 +13,7 @@ help:
 	@echo "make schemas  regenerate schemas/ from the event models"
 	@echo "make bench    orchestration overhead vs raw Kafka round trip; throughput of 1,000 tasks"
 	@echo "make chaos    200 tasks while services, the broker and Redis are killed or flushed"
+	@echo "make fuzz     10,000 bad records on every consumed topic among 200 valid tasks (FUZZ_ARGS)"
 	@echo "make lint     ruff format --check, ruff check, mypy (strict on libs/)"
 
 setup: deps jars
@@ -56,6 +57,10 @@ bench: up
 
 chaos: up
 	$(PY) -m stepbus_devtools.chaos $(CHAOS_ARGS)
+
+.PHONY: fuzz
+fuzz: up
+	$(PY) -m stepbus_devtools.fuzz $(FUZZ_ARGS)
 
 clean: down
 	rm -rf .stepbus/kafka .stepbus/redis .stepbus/logs .stepbus/run
