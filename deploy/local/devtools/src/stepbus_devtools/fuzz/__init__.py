@@ -27,11 +27,12 @@ It exits 1 when a check fails, 2 when the stack is unusable. The stack is left r
 The same run is importable (:func:`run_fuzz` with a :class:`FuzzConfig`) for the e2e test.
 
 Modules, by role: :mod:`.config` (the run's settings and the command line), :mod:`.records`
-(a record and what it must cause), :mod:`.findings` and :mod:`.garbage` (the families),
-:mod:`.corpus` (how many of each, the valid tasks, the send order), :mod:`.send` (the
-producer), :mod:`.observe` (reading Kafka back), :mod:`.services` (pids, memory, counters,
-logs, lag), :mod:`.analysis` and :mod:`.report` (the checks, as text), :mod:`.runner` (the
-whole run) and :mod:`.__main__` (the command line).
+(a record and what it must cause), :mod:`.findings`, :mod:`.forgeries` and :mod:`.garbage`
+(the families), :mod:`.corpus` (how many of each, the valid tasks, the send order),
+:mod:`.send` (the producer), :mod:`.observe` (reading Kafka back), :mod:`.services` (pids,
+memory, counters, logs, lag), :mod:`.analysis` (dead letters matched to their records, counter
+deltas), :mod:`.checks` (what must hold, with evidence), :mod:`.report` (the text),
+:mod:`.runner` (the whole run) and :mod:`.__main__` (the command line).
 """
 
 from .config import FuzzConfig
