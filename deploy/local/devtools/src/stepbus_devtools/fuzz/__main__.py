@@ -24,6 +24,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stepbus: {error}", file=sys.stderr)
         return 2
     say(report.text())
+    if config.prepare:
+        say(
+            f"the services keep running with STEPBUS_TOPIC_PREFIX={report.prefix}; "
+            "`python -m stepbus_devtools.stack restart <name>` puts one back on the default prefix"
+        )
     return 0 if report.ok else 1
 
 
