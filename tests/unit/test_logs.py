@@ -6,6 +6,7 @@ import logging
 import sys
 
 from stepbus_runtime import ClippingFilter, clip
+from stepbus_runtime.logs import RepeatFilter
 from stepbus_runtime.offsets import PartitionOffsets
 
 
@@ -42,3 +43,18 @@ def test_the_oldest_unfinished_record_is_what_the_commit_waits_for() -> None:
     assert offsets.oldest_since() == started and offsets.committable() == 0
     offsets.finish(0)
     assert offsets.oldest_since() is None and offsets.committable() == 2
+
+
+def test_a_library_repeating_itself_is_held_to_one_line_per_interval() -> None:
+    repeat = RepeatFilter(interval=60.0)
+
+    def record(name: str, message: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, message, args, None)
+
+    first = record("aiokafka.conn", "Unable connect to node with id %s", 1)
+    assert repeat.filter(first)
+    repeats = [repeat.filter(record("aiokafka.conn", "Unable connect to node with id %s", i))
+               for i in range(1000)]  # fmt: skip
+    assert not any(repeats)
+    assert repeat.filter(record("aiokafka.conn", "another message"))
+    assert all(repeat.filter(record("stepbus.processor", "dead-lettered %s", i)) for i in range(5))

@@ -154,13 +154,8 @@ class PayloadStore:
             acks="all",
             linger_ms=0,
         )
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
-            client_id=f"{client_id}-reader",
-            enable_auto_commit=False,
-            auto_offset_reset="none",  # an expired offset must fail, not skip to other data
-        )
-        self._consumer_started = False
+        self._client_id = client_id
+        self._reader: AIOKafkaConsumer | None = None  # made on the first fetch
         self._reading = asyncio.Lock()
         self._fetch_timeout = fetch_timeout
         self._partitions: tuple[float, int] | None = None  # (when read, partition count)
@@ -172,9 +167,9 @@ class PayloadStore:
 
     async def stop(self) -> None:
         """Stop what the store started."""
-        if self._consumer_started:
-            await self._consumer.stop()
-            self._consumer_started = False
+        if self._reader is not None:
+            await self._reader.stop()
+            self._reader = None
         if self._owns_producer:
             await self._producer.stop()
 
@@ -247,9 +242,15 @@ class PayloadStore:
         return cached[1]
 
     async def _checked_read(self, ref: PayloadRef) -> dict[int, bytes]:
-        if not self._consumer_started:
-            await self._consumer.start()
-            self._consumer_started = True
+        if self._reader is None:
+            reader = AIOKafkaConsumer(
+                bootstrap_servers=self._bootstrap,
+                client_id=f"{self._client_id}-reader",
+                enable_auto_commit=False,
+                auto_offset_reset="none",  # an expired offset must fail, not skip to other data
+            )
+            await reader.start()
+            self._reader = reader
         if ref.partition >= await self._partition_count(ref.partition):
             raise ClaimCheckError(
                 f"payload {ref.id} missing: {ref.topic} has no partition {ref.partition}"
@@ -257,11 +258,13 @@ class PayloadStore:
         return await self._read(ref)
 
     async def _read(self, ref: PayloadRef) -> dict[int, bytes]:
+        assert self._reader is not None
+        consumer = self._reader
         tp = TopicPartition(ref.topic, ref.partition)
-        self._consumer.assign([tp])
+        consumer.assign([tp])
         first, last = min(ref.offsets), max(ref.offsets)
-        start = (await self._consumer.beginning_offsets([tp]))[tp]
-        end = (await self._consumer.end_offsets([tp]))[tp]
+        start = (await consumer.beginning_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp]
         if first < start:
             raise ClaimCheckError(
                 f"payload {ref.id} expired: {tp.topic}[{tp.partition}] now starts at offset "
@@ -271,12 +274,12 @@ class PayloadStore:
             raise ClaimCheckError(
                 f"payload {ref.id} missing: {tp.topic}[{tp.partition}] ends before offset {last}"
             )
-        self._consumer.seek(tp, first)
+        consumer.seek(tp, first)
         wanted = set(ref.offsets)
         chunks: dict[int, bytes] = {}
-        while await self._consumer.position(tp) <= last:
+        while await consumer.position(tp) <= last:
             try:
-                batches = await self._consumer.getmany(tp, timeout_ms=500)
+                batches = await consumer.getmany(tp, timeout_ms=500)
             except OffsetOutOfRangeError:
                 raise ClaimCheckError(f"payload {ref.id} expired while being read") from None
             for record in batches.get(tp, []):

@@ -3,13 +3,24 @@
 Values quoted in a log line (an exception, a decode error, a record) go through ``clip``; and
 ``ClippingFilter``, installed on the root handlers by ``setup_telemetry``, bounds every line
 whatever its origin, tracebacks included, so a few 1 MB records cannot write 16 MB of log.
+``RepeatFilter`` bounds the other source of log volume: a client library that logs every
+reconnect attempt (aiokafka writes two ERROR lines per attempt while a broker is down, some
+25 MB in seven minutes) keeps one line per message per interval and says how many it held back.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
-__all__ = ["MAX_LOG_LINE", "MAX_LOG_VALUE", "ClippingFilter", "clip", "install_clipping"]
+__all__ = [
+    "MAX_LOG_LINE",
+    "MAX_LOG_VALUE",
+    "ClippingFilter",
+    "RepeatFilter",
+    "clip",
+    "install_clipping",
+]
 
 MAX_LOG_VALUE = 300
 """Characters of one quoted value kept in a log line."""
@@ -61,8 +72,41 @@ class ClippingFilter(logging.Filter):
         return True
 
 
+class RepeatFilter(logging.Filter):
+    """Lets one record per (logger, message template) through every ``interval`` seconds for
+    loggers under ``prefixes``; the next one let through says how many were held back."""
+
+    def __init__(self, prefixes: tuple[str, ...] = ("aiokafka",), interval: float = 30.0) -> None:
+        super().__init__()
+        self._prefixes = prefixes
+        self._interval = interval
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # -> (last let through, held)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a repeat within the interval."""
+        if not record.name.startswith(self._prefixes):
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        last, held = self._seen.get(key, (-self._interval, 0))
+        if now - last < self._interval:
+            self._seen[key] = (last, held + 1)
+            return False
+        if len(self._seen) > 10_000:  # templates, not values: this stays small; bound it anyway
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if held:
+            record.msg = (
+                f"{record.msg} [{held} similar lines in the last {now - last:.0f}s held back]"
+            )
+        return True
+
+
 def install_clipping(limit: int = MAX_LOG_LINE) -> None:
-    """Add a ``ClippingFilter`` to every handler of the root logger (once)."""
+    """Add a ``ClippingFilter`` and a ``RepeatFilter`` to every handler of the root logger
+    (once)."""
     for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RepeatFilter) for f in handler.filters):
+            handler.addFilter(RepeatFilter())
         if not any(isinstance(f, ClippingFilter) for f in handler.filters):
             handler.addFilter(ClippingFilter(limit))
