@@ -248,6 +248,10 @@ class PayloadStore:
                 client_id=f"{self._client_id}-reader",
                 enable_auto_commit=False,
                 auto_offset_reset="none",  # an expired offset must fail, not skip to other data
+                # Chunks are on the log before their claim: a fetch never needs to wait for new
+                # data, and a long-polling fetch left in flight after a read would hold up the
+                # next fetch's offset requests on the connection by up to half a second.
+                fetch_max_wait_ms=10,
             )
             await reader.start()
             self._reader = reader

@@ -49,6 +49,9 @@ __all__ = ["ProjectionRebuilder"]
 
 log = logging.getLogger(__name__)
 
+_LOGGED_SKIPS = 20
+"""Skipped records logged one by one per rebuild; the rest are counted in its last line."""
+
 _BATCH = 500
 """Most events written to Redis in one round trip while rebuilding."""
 
@@ -68,6 +71,7 @@ class _Rebuild:
     task: asyncio.Task[None] | None = None
     total: int | None = None
     read: int = 0
+    skipped: int = 0
 
     def cancel(self) -> None:
         if self.task is not None:
@@ -223,9 +227,10 @@ class ProjectionRebuilder:
             batch: list[tuple[ResultEvent, int]] = []
             size = 0
             async for record in iter_to_end(consumer, partitions):
-                decoded = await self._decode(record)
+                decoded = await self._decode(record, quiet=rebuild.skipped >= _LOGGED_SKIPS)
                 rebuild.read += 1
                 if decoded is None:
+                    rebuild.skipped += 1
                     continue
                 batch.append((decoded[0], record.offset))
                 size += decoded[1]
@@ -236,13 +241,17 @@ class ProjectionRebuilder:
         finally:
             await consumer.stop()
         if await self._projection.mark_rebuilt(rebuild.epoch):
-            log.warning("the projection is rebuilt from %s (%d records in %.1fs)", self._topic,
-                        rebuild.read, time.monotonic() - rebuild.started)  # fmt: skip
+            log.warning("the projection is rebuilt from %s (%d records in %.1fs; %d skipped, "
+                        "dead-lettered when first read)", self._topic, rebuild.read,
+                        time.monotonic() - rebuild.started, rebuild.skipped)  # fmt: skip
             self._generation = Generation(rebuild.epoch, ready=True)
 
-    async def _decode(self, record: ConsumerRecord[bytes, bytes]) -> tuple[ResultEvent, int] | None:
+    async def _decode(
+        self, record: ConsumerRecord[bytes, bytes], *, quiet: bool = False
+    ) -> tuple[ResultEvent, int] | None:
         """The record's event as the live feed applied it, and its size; None for a record
-        the live feed dead-lettered."""
+        the live feed dead-lettered (logged unless ``quiet``: the end of the rebuild counts
+        them)."""
         try:
             value = await self._resolve(record.value)
             event: ResultEvent = decode(results_adapter, value)
@@ -250,8 +259,9 @@ class ProjectionRebuilder:
                 raise DecodeError("record key is not the event's subject")
             return event, len(value or b"")
         except Exception as exc:  # whatever a crafted value makes a parser raise
-            log.warning("rebuild skips %s[%d]@%d (dead-lettered when first read): %s",
-                        record.topic, record.partition, record.offset, clip(exc))  # fmt: skip
+            if not quiet:
+                log.warning("rebuild skips %s[%d]@%d (dead-lettered when first read): %s",
+                            record.topic, record.partition, record.offset, clip(exc))  # fmt: skip
             RECORDS.labels("gateway-rebuild", record.topic, "skipped").inc()
             return None
 
