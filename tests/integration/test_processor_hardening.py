@@ -197,3 +197,22 @@ async def test_log_lines_stay_bounded_whatever_the_record_holds(
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("stepbus")]
     assert lines, "the dead letters were logged"
     assert max(len(line) for line in lines) < MAX_LOG_LINE
+
+
+async def test_a_record_keyed_other_than_by_its_subject_is_dead_lettered_not_run(
+    kafka_bootstrap: str,
+) -> None:
+    topic = await create_topic(kafka_bootstrap, SCRATCH, with_dlq=True)
+    await send(
+        kafka_bootstrap,
+        topic,
+        [(b"someone-else", encode(task("mine"))), (None, encode(task("keyless"))),
+         (b"ok", encode(task("ok")))],
+    )  # fmt: skip
+    handled = Handled()
+    async with running_processor(kafka_bootstrap, routes(topic, handled), f"{topic}.dlq"):
+        await wait_until(lambda: handled.subjects == ["ok"], 30, "the well-keyed record")
+    letters = await dead_letters(kafka_bootstrap, topic, 2)
+    errors = [dict(r.headers)["stepbus.error"] for r in letters]
+    assert all(b"is not the event's subject" in e for e in errors), errors
+    assert handled.subjects == ["ok"]
