@@ -4,7 +4,7 @@ UV ?= uv
 PY := $(UV) run --frozen python
 PYTEST_ARGS ?=
 
-.PHONY: help setup deps jars up down status run test test-unit lint schemas bench chaos clean
+.PHONY: help setup deps jars up down status run test test-unit lint schemas bench chaos fuzz clean
 
 help:
 	@echo "make run      start the local stack (Kafka, Redis, services) and run a demo task"
@@ -58,7 +58,6 @@ bench: up
 chaos: up
 	$(PY) -m stepbus_devtools.chaos $(CHAOS_ARGS)
 
-.PHONY: fuzz
 fuzz: up
 	$(PY) -m stepbus_devtools.fuzz $(FUZZ_ARGS)
 
