@@ -12,6 +12,7 @@ help:
 	@echo "make up/down  start/stop the local stack;  make status"
 	@echo "make schemas  regenerate schemas/ from the event models"
 	@echo "make bench    orchestration overhead vs raw Kafka round trip; throughput of 1,000 tasks"
+	@echo "make eval-memory  recall@1/@5 and MRR of long-term memory on 120 paraphrased questions"
 	@echo "make chaos    200 tasks while services, the broker and Redis are killed or flushed"
 	@echo "make fuzz     10,000 bad records on every consumed topic among 200 valid tasks (FUZZ_ARGS)"
 	@echo "make lint     ruff format --check, ruff check, mypy (strict on libs/)"
@@ -51,6 +52,9 @@ lint: deps
 
 schemas: deps
 	$(PY) -m stepbus_contracts.schema schemas
+
+eval-memory: deps
+	$(PY) -m stepbus_devtools.memory_eval
 
 bench: up
 	$(PY) -m stepbus_devtools.bench $(BENCH_ARGS)

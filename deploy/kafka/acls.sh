@@ -20,15 +20,18 @@
 #   --planner PRINCIPAL           default User:stepbus-planner
 #   --tool-executor PRINCIPAL     default User:stepbus-tool-executor
 #   --gateway PRINCIPAL           default User:stepbus-gateway
+#   --memory PRINCIPAL            default User:stepbus-memory
 #   --upstream PRINCIPAL          default User:stepbus-upstream (systems that publish tasks and
 #                                 consume results)
 #   --operator PRINCIPAL          default User:stepbus-operator (python -m stepbus_runtime.redrive)
 #                                 An empty PRINCIPAL leaves that role out.
-#   --only ROLE[,ROLE...]         only these roles: planner, tool-executor, gateway, upstream,
-#                                 operator (e.g. a second upstream: --only upstream --upstream X)
+#   --only ROLE[,ROLE...]         only these roles: planner, tool-executor, gateway, memory,
+#                                 upstream, operator (e.g. a second upstream: --only upstream
+#                                 --upstream X)
 #   --planner-group-id ID         as STEPBUS_PLANNER_GROUP_ID (default stepbus-planner; the group
 #                                 is <prefix><id>)
 #   --tool-executor-group-id ID   as STEPBUS_TOOL_EXECUTOR_GROUP_ID (default stepbus-tool-executor)
+#   --memory-group-id ID          as STEPBUS_MEMORY_GROUP_ID (default stepbus-memory)
 #   --upstream-group-prefix P     consumer groups upstream systems may use (prefixed; default
 #                                 <prefix>upstream-)
 #   --allow-create                also let the services and the operator create the catalog's
@@ -50,9 +53,9 @@ STEPBUS_HOME="${STEPBUS_HOME:-$REPO/.stepbus}"
 
 # The topic catalog (suffixes), in the order of topics.py; tests/unit/test_acls.py keeps the
 # two in step.
-CATALOG=(tasks planner.history planner.snapshots tool.calls tool.ledger tool.catalog results
-    dlq dlq.redriven payloads)
-ROLES=(planner tool-executor gateway upstream operator)
+CATALOG=(tasks planner.history planner.snapshots tool.calls tool.ledger tool.catalog
+    memory.requests memory.items memory.sessions results dlq dlq.redriven payloads)
+ROLES=(planner tool-executor gateway memory upstream operator)
 
 die() {
     echo "acls.sh: $*" >&2
@@ -73,12 +76,14 @@ declare -A PRINCIPAL=(
     [planner]="User:stepbus-planner"
     [tool-executor]="User:stepbus-tool-executor"
     [gateway]="User:stepbus-gateway"
+    [memory]="User:stepbus-memory"
     [upstream]="User:stepbus-upstream"
     [operator]="User:stepbus-operator"
 )
 ONLY=""
 PLANNER_GROUP_ID=stepbus-planner
 TOOL_EXECUTOR_GROUP_ID=stepbus-tool-executor
+MEMORY_GROUP_ID=stepbus-memory
 UPSTREAM_GROUP_PREFIX=""
 KAFKA_ACLS=""
 CLASSPATH_JARS=""
@@ -98,19 +103,21 @@ while (($#)); do
             exit 0
             ;;
         --bootstrap-server | --command-config | --prefix | --planner | --tool-executor | \
-            --gateway | --upstream | --operator | --only | --planner-group-id | \
-            --tool-executor-group-id | --upstream-group-prefix | --kafka-acls | --classpath)
+            --gateway | --memory | --upstream | --operator | --only | --planner-group-id | \
+            --tool-executor-group-id | --memory-group-id | --upstream-group-prefix | \
+            --kafka-acls | --classpath)
             need_value "$1" "$#"
             case "$1" in
                 --bootstrap-server) BOOTSTRAP="$2" ;;
                 --command-config) COMMAND_CONFIG="$2" ;;
                 --prefix) PREFIX="$2" ;;
-                --planner | --tool-executor | --gateway | --upstream | --operator)
+                --planner | --tool-executor | --gateway | --memory | --upstream | --operator)
                     PRINCIPAL[${1#--}]="$2"
                     ;;
                 --only) ONLY="$2" ;;
                 --planner-group-id) PLANNER_GROUP_ID="$2" ;;
                 --tool-executor-group-id) TOOL_EXECUTOR_GROUP_ID="$2" ;;
+                --memory-group-id) MEMORY_GROUP_ID="$2" ;;
                 --upstream-group-prefix) UPSTREAM_GROUP_PREFIX="$2" ;;
                 --kafka-acls) KAFKA_ACLS="$2" ;;
                 --classpath) CLASSPATH_JARS="$2" ;;
@@ -222,16 +229,18 @@ ALL_TOPICS=("${CATALOG[@]/#/topic:}")
 grant_planner() {
     acl planner literal Read topic:tasks topic:planner.history topic:planner.snapshots \
         topic:tool.catalog topic:payloads "group:$PREFIX$PLANNER_GROUP_ID"
+    # memory.requests: the recall asked for before a task's first step.
     acl planner literal Write topic:planner.history topic:planner.snapshots topic:tool.calls \
-        topic:results topic:dlq topic:payloads
+        topic:memory.requests topic:results topic:dlq topic:payloads
     acl planner literal Describe "${ALL_TOPICS[@]}"
 }
 
 grant_tool_executor() {
     acl tool-executor literal Read topic:tool.calls topic:tool.ledger topic:payloads \
         "group:$PREFIX$TOOL_EXECUTOR_GROUP_ID"
+    # memory.requests: the facts the remember tool stores.
     acl tool-executor literal Write topic:planner.history topic:tool.ledger topic:tool.catalog \
-        topic:dlq topic:payloads
+        topic:memory.requests topic:dlq topic:payloads
     acl tool-executor literal Describe "${ALL_TOPICS[@]}"
 }
 
@@ -244,6 +253,18 @@ grant_gateway() {
     acl gateway literal Describe "${ALL_TOPICS[@]}"
 }
 
+grant_memory() {
+    # Its processor consumes memory.requests, tasks (documents, forget requests) and results
+    # (completed tasks); memory.items and memory.sessions, its journal, are read without a
+    # group to rebuild Redis and reindex Qdrant.
+    acl memory literal Read topic:memory.requests topic:tasks topic:results topic:payloads \
+        topic:memory.items topic:memory.sessions "group:$PREFIX$MEMORY_GROUP_ID"
+    # planner.history: its stepbus.memory.recalled answers, on the task's journal.
+    acl memory literal Write topic:planner.history topic:memory.items topic:memory.sessions \
+        topic:dlq topic:payloads
+    acl memory literal Describe "${ALL_TOPICS[@]}"
+}
+
 grant_upstream() {
     acl upstream literal Read topic:results topic:payloads
     acl upstream prefixed Read "group:$UPSTREAM_GROUP_PREFIX"
@@ -253,16 +274,17 @@ grant_upstream() {
 grant_operator() {
     # The re-drive reads the DLQ and its markers without a group, re-publishes dead letters
     # to the topics a processor consumes (planner: tasks, planner.history; tool-executor:
-    # tool.calls; the gateway's results feed: results) and writes its markers.
+    # tool.calls; the gateway's results feed: results; memory: memory.requests, tasks,
+    # results) and writes its markers.
     acl operator literal Read topic:dlq topic:dlq.redriven
-    acl operator literal Write topic:tasks topic:planner.history topic:tool.calls topic:results \
-        topic:dlq.redriven
+    acl operator literal Write topic:tasks topic:planner.history topic:tool.calls \
+        topic:memory.requests topic:results topic:dlq.redriven
     acl operator literal Describe "${ALL_TOPICS[@]}"
 }
 
 grant_create() {
     local role
-    for role in planner tool-executor gateway operator; do
+    for role in planner tool-executor gateway memory operator; do
         [[ -v "SELECTED[$role]" ]] || continue
         acl "$role" prefixed Create "topic:"
     done
@@ -283,6 +305,7 @@ case "$ACTION" in
                 planner) grant_planner ;;
                 tool-executor) grant_tool_executor ;;
                 gateway) grant_gateway ;;
+                memory) grant_memory ;;
                 upstream) grant_upstream ;;
                 operator) grant_operator ;;
             esac

@@ -11,7 +11,7 @@ of ``docs/security.md``:
 
 1. the listing holds exactly the documented bindings;
 2. each principal, using stepbus's own clients (``ensure_topics``, the idempotent
-   ``EventPublisher``, ``read_to_end``, consumer groups, a claim-checked event), can do what
+   ``EventPublisher``, ``read_to_end``, consumer groups, claim-checked events), can do what
    the tables say and nothing else, and a service without Create cannot create a missing
    topic.
 
@@ -41,7 +41,15 @@ from aiokafka.errors import (
     GroupAuthorizationFailedError,
     TopicAuthorizationFailedError,
 )
-from stepbus_contracts import TaskCompleted, TaskCompletedData, Topics
+from stepbus_contracts import (
+    CloudEvent,
+    MemoryRecalled,
+    MemoryRecalledData,
+    MemoryTurn,
+    TaskCompleted,
+    TaskCompletedData,
+    Topics,
+)
 from stepbus_runtime import (
     Emit,
     EventPublisher,
@@ -52,12 +60,15 @@ from stepbus_runtime import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-DESCRIBE_ALL = ("planner", "tool-executor", "gateway", "operator")
+DESCRIBE_ALL = ("planner", "tool-executor", "gateway", "memory", "operator")
 """Roles with Describe on every catalog topic (docs/security.md: they run ensure_topics)."""
 STRANGER = "stranger"
 """The role of a broker user with no ACLs at all (``stepbus-stranger``)."""
 TIMEOUT = 15.0
 """Seconds any one probe may take."""
+START_REFUSED = (PermissionError, TimeoutError)
+"""How ``ensure_topics`` fails a principal: a creation the broker refused (a topic it may not
+create, or may not describe and so takes for missing), or topics it never sees led."""
 
 Binding = tuple[str, str, str, str, str]
 """(principal, resource type, resource name, pattern type, operation), as Kafka lists them."""
@@ -329,45 +340,79 @@ async def ensure_topics_probe(
 ) -> None:
     """``ensure_topics`` (every service's startup) works with Describe on every topic."""
     outcome = await _outcome(
-        ensure_topics(sasl, topics, wait_seconds=2 if not allowed else 10), (TimeoutError,)
+        ensure_topics(sasl, topics, wait_seconds=2 if not allowed else 10), START_REFUSED
     )
     probe.expect(f"{user} runs ensure_topics (topics exist)", allowed, outcome)
 
 
 async def check_claim_check(sasl: str, password: str, topics: Topics, probe: Probe) -> None:
-    """A big result published by the planner is read back by the gateway and upstream."""
-    event = TaskCompleted(
-        subject="verify-acls-claim",
-        data=TaskCompletedData(output="x" * 4096, steps=1),
-    )
+    """Big events are stored in ``payloads`` by their writer and resolved by their readers: a
+    result of the planner (read by the gateway, upstream and the memory service), a recall
+    answer of the memory service (read by the planner)."""
     print("claim check:")
-    with as_principal("stepbus-planner", password):
+    result = TaskCompleted(
+        subject="verify-acls-claim",
+        data=TaskCompletedData(output="x" * 4096, steps=1, input="What is 17 * 23?"),
+    )
+    readers = ("stepbus-gateway", "stepbus-upstream", "stepbus-memory")
+    await _claim_checked(
+        sasl, password, probe, topics, topics.results, result, "stepbus-planner", readers
+    )
+    turn = MemoryTurn(role="user", content="y" * 4096, task_id="task-41", at=result.time)
+    recalled = MemoryRecalled(
+        subject="verify-acls-recall", data=MemoryRecalledData(status="recalled", turns=[turn])
+    )
+    await _claim_checked(
+        sasl,
+        password,
+        probe,
+        topics,
+        topics.planner_history,
+        recalled,
+        "stepbus-memory",
+        ("stepbus-planner",),
+    )
+
+
+async def _claim_checked(
+    sasl: str,
+    password: str,
+    probe: Probe,
+    topics: Topics,
+    topic: str,
+    event: CloudEvent,
+    writer: str,
+    readers: tuple[str, ...],
+) -> None:
+    """``writer`` publishes ``event`` claim-checked to ``topic``; each reader finds the claim
+    there and resolves it."""
+    with as_principal(writer, password):
         publisher = EventPublisher(
             sasl, "verify-acls-claim", payloads_topic=topics.payloads, claim_check_threshold=1024
         )
         await publisher.start()
         try:
-            outcome = await _outcome(publisher.publish([Emit(topics.results, event)]), ())
+            outcome = await _outcome(publisher.publish([Emit(topic, event)]), ())
         finally:
             await publisher.stop()
-        probe.expect("stepbus-planner publishes a claim-checked result", True, outcome)
-    for user in ("stepbus-gateway", "stepbus-upstream"):
+        probe.expect(f"{writer} publishes a claim-checked {event.type} to {topic}", True, outcome)
+    for user in readers:
         with as_principal(user, password):
-            outcome = await _outcome(_resolve_claim(sasl, topics, event), ())
-            probe.expect(f"{user} resolves the claim", True, outcome)
+            outcome = await _outcome(_resolve_claim(sasl, topics, topic, event), ())
+            probe.expect(f"{user} resolves the claim of {event.type}", True, outcome)
 
 
-async def _resolve_claim(sasl: str, topics: Topics, event: TaskCompleted) -> None:
+async def _resolve_claim(sasl: str, topics: Topics, topic: str, event: CloudEvent) -> None:
     consumer = AIOKafkaConsumer(bootstrap_servers=sasl, enable_auto_commit=False)
     await consumer.start()
     store = PayloadStore(sasl, topics.payloads)
     try:
-        records = await read_to_end(consumer, await topic_partitions(sasl, topics.results))
+        records = await read_to_end(consumer, await topic_partitions(sasl, topic))
         claims = [r.value for r in records if r.key == event.subject.encode()]
         if not claims or b'"claimcheck"' not in claims[-1]:
-            raise RuntimeError("no claim for the big result on the results topic")
+            raise RuntimeError(f"no claim for the big {event.type} on {topic}")
         resolved = await store.resolve(claims[-1])
-        if resolved is None or TaskCompleted.model_validate_json(resolved).id != event.id:
+        if resolved is None or type(event).model_validate_json(resolved).id != event.id:
             raise RuntimeError("the claim resolved to another payload")
     finally:
         await store.stop()
@@ -381,7 +426,7 @@ async def check_no_create(
     print("missing topic, no Create:")
     await _delete_topic(admin, topics.dlq_redriven)
     with as_principal("stepbus-planner", password):
-        outcome = await _outcome(ensure_topics(sasl, topics, wait_seconds=3), (TimeoutError,))
+        outcome = await _outcome(ensure_topics(sasl, topics, wait_seconds=3), START_REFUSED)
     created = topics.dlq_redriven in await _topic_names(admin)
     probe.expect("stepbus-planner creates a missing topic", False, outcome)
     probe.expect(f"{topics.dlq_redriven} exists after that", False, "ok" if created else "denied")

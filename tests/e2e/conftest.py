@@ -10,7 +10,7 @@ import pytest
 from stepbus_contracts import Topics
 from stepbus_runtime import ensure_topics
 
-from ..harness import ServiceProcess, delete_topics, free_port, unique_prefix
+from ..harness import LOGS, ServiceProcess, delete_topics, free_port, unique_prefix
 
 
 @dataclass
@@ -26,7 +26,8 @@ class Stack:
 
 @pytest.fixture(scope="module")
 async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
-    """scripted model, tool-executor, planner and (when present) gateway, as processes."""
+    """scripted model, tool-executor, memory, planner and (when present) gateway, as
+    processes."""
     topics = Topics(unique_prefix())
     await ensure_topics(kafka_bootstrap, topics)
     llm_port = free_port()
@@ -38,7 +39,7 @@ async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
         "OPENAI_API_KEY": "scripted-test-double",
         "STEPBUS_MODEL": "stepbus-scripted",
     }
-    ports = {name: free_port() for name in ("tool-executor", "planner", "gateway")}
+    ports = {name: free_port() for name in ("tool-executor", "memory", "planner", "gateway")}
     services = [
         ServiceProcess(
             "scripted-llm",
@@ -51,6 +52,16 @@ async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
             ["stepbus_tool_executor"],
             {**env, "STEPBUS_TOOL_EXECUTOR_METRICS_PORT": str(ports["tool-executor"])},
             f"http://127.0.0.1:{ports['tool-executor']}/readyz",
+        ),
+        ServiceProcess(
+            "memory",
+            ["stepbus_memory"],
+            {
+                **env,
+                "STEPBUS_MEMORY_METRICS_PORT": str(ports["memory"]),
+                "STEPBUS_MEMORY_QDRANT_PATH": str(LOGS / f"qdrant-{topics.prefix.rstrip('.')}"),
+            },
+            f"http://127.0.0.1:{ports['memory']}/readyz",
         ),
         ServiceProcess(
             "planner",

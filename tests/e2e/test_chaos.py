@@ -43,6 +43,7 @@ async def test_tasks_end_exactly_once_through_kills_broker_restart_and_flushall(
         "REDIS_URL": redis_url,
         "STEPBUS_SCRIPTED_LLM_PORT": str(free_port()),
         "STEPBUS_TOOL_EXECUTOR_METRICS_PORT": str(free_port()),
+        "STEPBUS_MEMORY_METRICS_PORT": str(free_port()),
         "STEPBUS_PLANNER_METRICS_PORT": str(free_port()),
         "STEPBUS_GATEWAY_PORT": str(free_port()),
         # Set here so that monkeypatch restores them: the runner sets both for the services.

@@ -40,6 +40,7 @@ async def test_bad_records_are_dead_lettered_or_refused_and_valid_tasks_end_once
         "REDIS_URL": redis_url,
         "STEPBUS_SCRIPTED_LLM_PORT": str(free_port()),
         "STEPBUS_TOOL_EXECUTOR_METRICS_PORT": str(free_port()),
+        "STEPBUS_MEMORY_METRICS_PORT": str(free_port()),
         "STEPBUS_PLANNER_METRICS_PORT": str(free_port()),
         "STEPBUS_GATEWAY_PORT": str(free_port()),
         # Set here so that monkeypatch restores it: the runner sets it for the services.

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from stepbus_contracts import Topics
 from stepbus_gateway.settings import GatewaySettings
+from stepbus_memory.settings import MemorySettings
 from stepbus_planner.settings import PlannerSettings
 from stepbus_tool_executor.settings import ToolExecutorSettings
 
@@ -24,8 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "kafka" / "acls.sh"
 DOC = REPO / "docs" / "security.md"
 
-ROLES = ("planner", "tool-executor", "gateway", "upstream", "operator")
-DESCRIBE_ALL = ("planner", "tool-executor", "gateway", "operator")
+ROLES = ("planner", "tool-executor", "gateway", "memory", "upstream", "operator")
+DESCRIBE_ALL = ("planner", "tool-executor", "gateway", "memory", "operator")
 """The roles that run ``ensure_topics`` and so describe every catalog topic (security.md)."""
 
 Binding = tuple[str, str, str, str, str]
@@ -76,9 +77,9 @@ def documented_topics() -> dict[str, dict[str, str]]:
     return {
         row[0].removeprefix("stepbus."): {
             role: "".join(op for op in "RW" if op in cell)
-            for role, cell in zip(ROLES, row[1:6], strict=True)
+            for role, cell in zip(ROLES, row[1 : 1 + len(ROLES)], strict=True)
         }
-        for row in _rows("| topic | planner | tool-executor | gateway | upstream | operator |")
+        for row in _rows(f"| topic | {' | '.join(ROLES)} |")
     }
 
 
@@ -127,14 +128,17 @@ def test_the_table_says_who_writes_the_journal_and_the_results() -> None:
     """The invariants the trust model rests on, stated once more against the table."""
     table = documented_topics()
     writers = {s: {r for r, ops in roles.items() if "W" in ops} for s, roles in table.items()}
-    assert writers["planner.history"] == {"planner", "tool-executor", "operator"}
+    assert writers["planner.history"] == {"planner", "tool-executor", "memory", "operator"}
     assert writers["results"] == {"planner", "operator"}
     assert writers["planner.snapshots"] == {"planner"}
     assert writers["tool.ledger"] == {"tool-executor"}
     assert writers["tool.calls"] == {"planner", "operator"}
+    assert writers["memory.requests"] == {"planner", "tool-executor", "operator"}
+    assert writers["memory.items"] == writers["memory.sessions"] == {"memory"}
     assert "upstream" not in writers["payloads"]
-    readers_of_tasks = {r for r, ops in table["tasks"].items() if "R" in ops}
-    assert readers_of_tasks == {"planner"}
+    readers = {s: {r for r, ops in roles.items() if "R" in ops} for s, roles in table.items()}
+    assert readers["tasks"] == {"planner", "memory"}
+    assert readers["memory.requests"] == {"memory"}
 
 
 def test_groups_match_the_services_settings() -> None:
@@ -142,6 +146,7 @@ def test_groups_match_the_services_settings() -> None:
     prefix = "stepbus."
     assert prefix + groups["planner"][0] == f"{prefix}{PlannerSettings().group_id}"
     assert prefix + groups["tool-executor"][0] == f"{prefix}{ToolExecutorSettings().group_id}"
+    assert prefix + groups["memory"][0] == f"{prefix}{MemorySettings().group_id}"
     gateway = GatewaySettings(instance_id="replica-1").feed_group_id
     assert groups["gateway"] == ("gateway-", "prefixed")
     assert gateway.startswith(prefix + groups["gateway"][0])
@@ -158,6 +163,8 @@ def test_prefix_principals_and_groups_are_configurable() -> None:
         "planner-blue",
         "--tool-executor-group-id",
         "executor-blue",
+        "--memory-group-id",
+        "memory-blue",
         "--upstream-group-prefix",
         "billing-",
         *[arg for role, principal in principals.items() for arg in (f"--{role}", principal)],
@@ -166,6 +173,7 @@ def test_prefix_principals_and_groups_are_configurable() -> None:
     renamed = {
         "prod.stepbus-planner": "prod.planner-blue",
         "prod.stepbus-tool-executor": "prod.executor-blue",
+        "prod.stepbus-memory": "prod.memory-blue",
         "prod.upstream-": "billing-",
     }
     expected = {
@@ -214,7 +222,7 @@ def test_only_and_empty_principals_select_roles() -> None:
     assert {b[0] for b in only} == {"User:stepbus-upstream", "User:stepbus-operator"}
     without = bindings(run("--bootstrap-server", "b:9092", "--upstream", "").stdout)
     assert "User:stepbus-upstream" not in {b[0] for b in without}
-    assert len({b[0] for b in without}) == 4
+    assert len({b[0] for b in without}) == len(ROLES) - 1
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,21 @@ from stepbus_contracts import (
     FailureReason,
     LlmDecided,
     LlmDecidedData,
+    MemoryDocumentAdded,
+    MemoryDocumentAddedData,
+    MemoryForgetRequested,
+    MemoryForgetRequestedData,
+    MemoryHit,
+    MemoryKind,
+    MemoryRecalled,
+    MemoryRecalledData,
+    MemoryRecallRequested,
+    MemoryRecallRequestedData,
+    MemoryRememberRequested,
+    MemoryRememberRequestedData,
+    MemoryTurn,
     PlannedToolCall,
+    RecallStatus,
     TaskAccepted,
     TaskAcceptedData,
     TaskCancelled,
@@ -92,6 +106,25 @@ extension_names = st.from_regex(r"[a-z0-9]{1,20}", fullmatch=True).filter(
 extension_values = (
     st.text(max_size=40) | st.integers(min_value=-(2**31), max_value=2**31 - 1) | st.booleans()
 )
+optional_ids = st.none() | st.text(min_size=1, max_size=20)
+"""A session or user id where one may be given (never empty)."""
+memory_turns = st.builds(
+    MemoryTurn,
+    role=st.sampled_from(["user", "assistant", "tool"]),
+    content=short_text,
+    task_id=task_ids,
+    at=times,
+)
+memory_hits = st.builds(
+    MemoryHit,
+    id=st.text(max_size=40),
+    text=short_text,
+    score=st.floats(min_value=-1, max_value=1),
+    kind=st.sampled_from(get_args(MemoryKind)),
+    source=short_text,
+    title=st.none() | short_text,
+    at=times,
+)
 tool_call_refs = {
     "step": counts,
     "call_index": st.integers(min_value=0, max_value=50),
@@ -103,7 +136,8 @@ DATA = {
     TaskSubmitted: st.builds(
         TaskSubmittedData,
         input=st.text(min_size=1, max_size=50),
-        session_id=st.none() | st.text(min_size=1, max_size=20),
+        session_id=optional_ids,
+        user_id=optional_ids,
         tools=st.none() | st.lists(tool_names, max_size=4),
         max_iterations=st.integers(min_value=1, max_value=MAX_ITERATIONS),
         deadline_seconds=st.floats(min_value=0, max_value=MAX_DEADLINE_SECONDS, exclude_min=True),
@@ -114,12 +148,20 @@ DATA = {
     TaskProgress: st.builds(
         TaskProgressData,
         step=counts,
-        stage=st.sampled_from(["accepted", "thought", "action", "observation"]),
+        stage=st.sampled_from(["accepted", "memory", "thought", "action", "observation"]),
         message=short_text,
         tool=st.none() | short_text,
     ),
     TaskCompleted: st.builds(
-        TaskCompletedData, output=short_text, steps=counts, usage=usage, metadata=metadata
+        TaskCompletedData,
+        output=short_text,
+        steps=counts,
+        usage=usage,
+        metadata=metadata,
+        input=st.none() | st.text(max_size=50),
+        session_id=optional_ids,
+        user_id=optional_ids,
+        observations=st.lists(short_text, max_size=4),
     ),
     TaskFailed: st.builds(
         TaskFailedData,
@@ -133,7 +175,9 @@ DATA = {
     TaskAccepted: st.builds(
         TaskAcceptedData,
         input=st.text(min_size=1, max_size=50),
-        session_id=st.none() | st.text(min_size=1, max_size=20),
+        session_id=optional_ids,
+        user_id=optional_ids,
+        memory=st.booleans(),
         tools=st.lists(tool_names, max_size=4),
         max_iterations=st.integers(min_value=1, max_value=MAX_ITERATIONS),
         deadline_at=times,
@@ -181,6 +225,56 @@ DATA = {
         error=short_text,
         error_type=short_text,
         attempts=st.integers(min_value=1, max_value=10),
+    ),
+    MemoryRecallRequested: st.builds(
+        MemoryRecallRequestedData,
+        query=st.text(min_size=1, max_size=50),
+        session_id=st.none() | st.text(min_size=1, max_size=20),
+        user_id=optional_ids,
+        limit=st.integers(min_value=0, max_value=50),
+    ),
+    MemoryRecalled: st.builds(
+        MemoryRecalledData,
+        status=st.sampled_from(get_args(RecallStatus)),
+        turns=st.lists(memory_turns, max_size=3),
+        hits=st.lists(memory_hits, max_size=3),
+        embedding_model=st.none() | short_text,
+        message=short_text,
+        recalled_at=st.none() | times,
+        duration_ms=st.floats(min_value=0, max_value=86_400_000),
+    ),
+    MemoryRememberRequested: st.builds(
+        MemoryRememberRequestedData,
+        fact=st.text(min_size=1, max_size=50),
+        session_id=st.none() | st.text(min_size=1, max_size=20),
+        user_id=optional_ids,
+        idempotency_key=short_text,
+    ),
+    MemoryDocumentAdded: st.builds(
+        MemoryDocumentAddedData,
+        text=st.text(min_size=1, max_size=50),
+        title=st.none() | short_text,
+        source=st.none() | short_text,
+        user_id=optional_ids,
+    ),
+    # Each scope with the id it needs (and the other, or none, or an empty one: allowed).
+    MemoryForgetRequested: st.builds(
+        MemoryForgetRequestedData,
+        scope=st.just("session"),
+        session_id=st.text(min_size=1, max_size=20),
+        user_id=optional_ids,
+    )
+    | st.builds(
+        MemoryForgetRequestedData,
+        scope=st.just("user"),
+        session_id=st.none() | st.text(min_size=1, max_size=20),
+        user_id=st.text(min_size=1, max_size=20),
+    )
+    | st.builds(
+        MemoryForgetRequestedData,
+        scope=st.just("tenant"),
+        session_id=st.none() | st.text(min_size=1, max_size=20),
+        user_id=optional_ids,
     ),
 }
 """A strategy for the ``data`` of every event type the channels carry."""
@@ -231,7 +325,10 @@ def test_generated_events_round_trip(case: tuple[str, CloudEvent]) -> None:
 Path = tuple[str | int, ...]
 
 # Lengths either side of every string bound of the contract.
-LENGTHS = [0, 1, 63, 64, 65, 127, 128, 129, 256, 257, 1024, 1025, 2048, 2049, 100_000, 100_001]
+LENGTHS = [
+    *(0, 1, 63, 64, 65, 127, 128, 129, 256, 257, 600, 601, 1024, 1025, 2000, 2001, 2048, 2049),
+    *(4000, 4001, 20_000, 20_001, 100_000, 100_001),
+]
 # Any JSON value but an integral float: JSON Schema calls 8.0 an integer, decode does not
 # (the one known difference; see test_contract_strict.KNOWN_DIFFERENCES).
 other_values = st.one_of(

@@ -19,7 +19,13 @@ import pytest
 import regress
 from jsonschema import Draft202012Validator, ValidationError, validators
 from pydantic import TypeAdapter
-from stepbus_contracts import history_adapter, results_adapter, tasks_adapter, tool_calls_adapter
+from stepbus_contracts import (
+    history_adapter,
+    memory_requests_adapter,
+    results_adapter,
+    tasks_adapter,
+    tool_calls_adapter,
+)
 from stepbus_runtime.codec import decode, encode
 from stepbus_runtime.errors import DecodeError
 
@@ -34,6 +40,7 @@ CHANNEL_ADAPTERS: dict[str, TypeAdapter[Any]] = {
     "results": results_adapter,
     "planner_history": history_adapter,
     "tool_calls": tool_calls_adapter,
+    "memory_requests": memory_requests_adapter,
 }
 """The adapter ``decode`` uses for each AsyncAPI channel."""
 

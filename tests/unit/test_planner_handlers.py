@@ -203,6 +203,7 @@ class Loop:
         deliveries: int = 1,
         hold_tool_calls: bool = False,
         executor: Callable[[ToolCallRequested], list[CloudEvent]] = fake_executor,
+        memory: bool = False,
     ) -> None:
         self.model = model
         self.now = NOW
@@ -217,9 +218,12 @@ class Loop:
                 topics=TOPICS,
                 max_attempts=MAX_ATTEMPTS,
                 clock=lambda: self.now,
+                memory=memory,
+                recall_timeout_seconds=0.0 if memory else 2.0,
             ),
             self.snapshots,
         )
+        self.recall_requests: list[CloudEvent] = []
         self.deliveries = deliveries
         self.hold_tool_calls = hold_tool_calls
         self.executor = executor
@@ -258,6 +262,8 @@ class Loop:
                     self.held.append(emit.event)
                 else:
                     queue.extend(Emit(TOPICS.planner_history, e) for e in self.executor(emit.event))
+            elif emit.topic == TOPICS.memory_requests:
+                self.recall_requests.append(emit.event)  # answered by the test, if at all
             else:
                 assert emit.topic == TOPICS.results, emit.topic
 

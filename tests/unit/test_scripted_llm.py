@@ -569,3 +569,39 @@ def test_the_module_serves_and_says_it_is_a_test_double() -> None:
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_the_script_stores_a_fact_with_the_remember_tool_then_confirms() -> None:
+    from stepbus_devtools.scripted_llm.script import next_turn
+
+    tools = [{"type": "function", "function": {"name": "remember"}}]
+    messages = [{"role": "user", "content": "Remember that my favourite colour is teal"}]
+    turn = next_turn(messages, tools)
+    [call] = turn.tool_calls
+    assert call.name == "remember"
+    assert json.loads(call.arguments) == {"fact": "my favourite colour is teal"}
+    messages += [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": call.id, "type": "function",
+             "function": {"name": "remember", "arguments": call.arguments}}]},
+        {"role": "tool", "tool_call_id": call.id, "content": "Remembered: teal"},
+    ]  # fmt: skip
+    assert next_turn(messages, tools).content == "I will remember that."
+
+
+def test_the_script_answers_from_recalled_memory() -> None:
+    from stepbus_devtools.scripted_llm.script import next_turn
+
+    memory = (
+        "Memory: context recalled ...\nEarlier in this conversation (oldest first):\n"
+        "- [2 hours ago] user: What is 2 + 2?\n- [2 hours ago] assistant: 4\n"
+        "Stored memories (most relevant first):\n- [fact from task t, 1 day ago] teal is best"
+    )
+    session = [{"role": "system", "content": memory}, {"role": "user", "content": "And before?"}]
+    assert next_turn(session, []).content == "Earlier you asked: What is 2 + 2? I answered: 4"
+    other = memory.split("Earlier")[0] + "Stored memories (most relevant first):\n- [fact] teal"
+    answer = next_turn([{"role": "system", "content": other}, {"role": "user", "content": "?"}], [])
+    assert answer.content == "From memory: teal"
+    assert (
+        next_turn([{"role": "user", "content": "hi"}], []).content == "I have no arithmetic to do."
+    )

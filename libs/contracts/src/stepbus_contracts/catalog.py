@@ -6,6 +6,13 @@ from typing import Annotated
 
 from pydantic import Field, TypeAdapter
 
+from .memory import (
+    MemoryDocumentAdded,
+    MemoryForgetRequested,
+    MemoryRecalled,
+    MemoryRecallRequested,
+    MemoryRememberRequested,
+)
 from .planning import LlmDecided, TaskAccepted
 from .results import TaskCancelled, TaskCompleted, TaskFailed, TaskProgress
 from .snapshots import StateSnapshot
@@ -15,11 +22,14 @@ from .tools import ToolCallCompleted, ToolCallFailed, ToolCallRequested, ToolReg
 __all__ = [
     "HistoryEvent",
     "JournalEvent",
+    "MemoryCommand",
     "ResultEvent",
+    "TaskInput",
     "TaskInputEvent",
     "TerminalEvent",
     "ToolCommand",
     "history_adapter",
+    "memory_requests_adapter",
     "results_adapter",
     "snapshot_adapter",
     "tasks_adapter",
@@ -27,7 +37,10 @@ __all__ = [
     "tool_catalog_adapter",
 ]
 
-TaskInputEvent = Annotated[TaskSubmitted | TaskCancelRequested, Field(discriminator="type")]
+TaskInput = TaskSubmitted | TaskCancelRequested | MemoryDocumentAdded | MemoryForgetRequested
+"""Any event of ``tasks`` (a plain union, for annotations)."""
+
+TaskInputEvent = Annotated[TaskInput, Field(discriminator="type")]
 """What upstream systems publish to ``tasks``."""
 
 TerminalEvent = TaskCompleted | TaskFailed | TaskCancelled
@@ -35,6 +48,7 @@ TerminalEvent = TaskCompleted | TaskFailed | TaskCancelled
 
 JournalEvent = (
     TaskAccepted
+    | MemoryRecalled
     | LlmDecided
     | ToolCallCompleted
     | ToolCallFailed
@@ -50,16 +64,24 @@ HistoryEvent = Annotated[JournalEvent, Field(discriminator="type")]
 ToolCommand = Annotated[ToolCallRequested, Field(discriminator="type")]
 """What ``tool.calls`` holds."""
 
+MemoryCommand = Annotated[
+    MemoryRecallRequested | MemoryRememberRequested, Field(discriminator="type")
+]
+"""What ``memory.requests`` holds."""
+
 ResultEvent = Annotated[
     TaskProgress | TaskCompleted | TaskFailed | TaskCancelled, Field(discriminator="type")
 ]
 """What ``results`` holds."""
 
-tasks_adapter: TypeAdapter[TaskSubmitted | TaskCancelRequested] = TypeAdapter(TaskInputEvent)
+tasks_adapter: TypeAdapter[TaskInput] = TypeAdapter(TaskInputEvent)
 history_adapter: TypeAdapter[JournalEvent] = TypeAdapter(HistoryEvent)
 tool_calls_adapter: TypeAdapter[ToolCallRequested] = TypeAdapter(ToolCommand)
 results_adapter: TypeAdapter[TaskProgress | TaskCompleted | TaskFailed | TaskCancelled] = (
     TypeAdapter(ResultEvent)
 )
 tool_catalog_adapter: TypeAdapter[ToolRegistered] = TypeAdapter(ToolRegistered)
+memory_requests_adapter: TypeAdapter[MemoryRecallRequested | MemoryRememberRequested] = TypeAdapter(
+    MemoryCommand
+)
 snapshot_adapter: TypeAdapter[StateSnapshot] = TypeAdapter(StateSnapshot)

@@ -60,6 +60,14 @@ class TaskAcceptedData(EventData):
     session_id: SessionId | None = Field(
         default=None, description="Conversation the task belongs to."
     )
+    user_id: SessionId | None = Field(
+        default=None, description="The end user the task acts for (scopes long-term memory)."
+    )
+    memory: bool = Field(
+        default=False,
+        description="Whether the planner recalls memory before the first step (and waits for "
+        "`stepbus.memory.recalled`).",
+    )
     tools: list[ToolName] = Field(
         max_length=MAX_TOOLS,
         description=f"Tools offered to the model (resolved, never null; at most {MAX_TOOLS}).",

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from .envelope import CloudEvent, EventData
+from .limits import MAX_INPUT_LENGTH
 from .planning import TokenUsage
-from .tasks import Metadata
+from .tasks import Metadata, SessionId
+
+MAX_OBSERVATIONS = 64
+"""Most tool results a completed task reports."""
+
+MAX_OBSERVATION_LENGTH = 4_000
+"""Characters of one reported tool result."""
 
 __all__ = [
+    "MAX_OBSERVATIONS",
+    "MAX_OBSERVATION_LENGTH",
     "FailureReason",
     "TaskCancelled",
     "TaskCancelledData",
@@ -38,9 +47,9 @@ class TaskProgressData(EventData):
     """One visible step of a running task."""
 
     step: int = Field(ge=0, description="ReAct step the progress belongs to.")
-    stage: Literal["accepted", "thought", "action", "observation"] = Field(
-        description="`accepted`, `thought` (model text), `action` (tool call), "
-        "`observation` (tool result)."
+    stage: Literal["accepted", "memory", "thought", "action", "observation"] = Field(
+        description="`accepted`, `memory` (context recalled, or none), `thought` (model text), "
+        "`action` (tool call), `observation` (tool result)."
     )
     message: str = Field(description="Human-readable summary.")
     tool: str | None = Field(default=None, description="Tool name for action/observation.")
@@ -60,6 +69,22 @@ class TaskCompletedData(EventData):
     steps: int = Field(ge=0, description="LLM steps the task took.")
     usage: TokenUsage = Field(default_factory=TokenUsage, description="Tokens of all steps.")
     metadata: Metadata = Field(default_factory=dict, description="Labels from submission.")
+    input: str | None = Field(
+        default=None, max_length=MAX_INPUT_LENGTH, description="The task's input (what was asked)."
+    )
+    session_id: SessionId | None = Field(
+        default=None, description="The session the task belongs to, if any."
+    )
+    user_id: SessionId | None = Field(
+        default=None, description="The end user the task acted for, if any."
+    )
+    observations: list[Annotated[str, Field(max_length=MAX_OBSERVATION_LENGTH)]] = Field(
+        default_factory=list,
+        max_length=MAX_OBSERVATIONS,
+        description="The tool results the model saw, in order, each cut to "
+        f"{MAX_OBSERVATION_LENGTH:,} characters (at most {MAX_OBSERVATIONS}): what session "
+        "memory keeps of the task's work.",
+    )
 
 
 class TaskCompleted(CloudEvent):

@@ -14,6 +14,13 @@ from typing import Any
 
 from .envelope import CloudEvent
 from .limits import EXTENSION_NAME_PATTERN, MAX_ATTRIBUTES
+from .memory import (
+    MemoryDocumentAdded,
+    MemoryForgetRequested,
+    MemoryRecalled,
+    MemoryRecallRequested,
+    MemoryRememberRequested,
+)
 from .planning import LlmDecided, TaskAccepted
 from .results import TaskCancelled, TaskCompleted, TaskFailed, TaskProgress
 from .tasks import TaskCancelRequested, TaskSubmitted
@@ -26,7 +33,12 @@ __all__ = ["render", "write"]
 # (topic suffix, public?, channel description, events) — public channels are the contract for
 # upstream systems; internal ones are documented for operators and may change faster.
 _CHANNELS: tuple[tuple[str, bool, str, tuple[type[CloudEvent], ...]], ...] = (
-    ("tasks", True, "Upstream systems publish tasks here.", (TaskSubmitted, TaskCancelRequested)),
+    (
+        "tasks",
+        True,
+        "Upstream systems publish tasks, documents to remember and requests to forget here.",
+        (TaskSubmitted, TaskCancelRequested, MemoryDocumentAdded, MemoryForgetRequested),
+    ),
     (
         "results",
         True,
@@ -39,6 +51,7 @@ _CHANNELS: tuple[tuple[str, bool, str, tuple[type[CloudEvent], ...]], ...] = (
         "Internal: each task's journal.",
         (
             TaskAccepted,
+            MemoryRecalled,
             LlmDecided,
             ToolCallCompleted,
             ToolCallFailed,
@@ -48,6 +61,12 @@ _CHANNELS: tuple[tuple[str, bool, str, tuple[type[CloudEvent], ...]], ...] = (
         ),
     ),
     ("tool.calls", False, "Internal: commands to the tool-executor.", (ToolCallRequested,)),
+    (
+        "memory.requests",
+        False,
+        "Internal: commands to the memory service.",
+        (MemoryRecallRequested, MemoryRememberRequested),
+    ),
 )
 
 

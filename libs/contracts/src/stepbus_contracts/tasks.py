@@ -63,6 +63,11 @@ class TaskSubmittedData(EventData):
         default=None,
         description="Conversation the task belongs to; tasks of one session share memory.",
     )
+    user_id: SessionId | None = Field(
+        default=None,
+        description="The end user the task acts for; when given, long-term memory is scoped to "
+        "tenant + user.",
+    )
     tools: list[ToolName] | None = Field(
         default=None,
         max_length=MAX_TOOLS,

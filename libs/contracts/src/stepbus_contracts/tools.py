@@ -45,6 +45,12 @@ class ToolCallRequestedData(_ToolCallRef):
     timeout_seconds: float = Field(
         default=30.0, gt=0, le=MAX_DEADLINE_SECONDS, description="Per-attempt time limit."
     )
+    session_id: str | None = Field(
+        default=None, max_length=256, description="The task's session (for tools that remember)."
+    )
+    user_id: str | None = Field(
+        default=None, max_length=256, description="The task's user (for tools that remember)."
+    )
 
 
 class ToolCallRequested(CloudEvent):

@@ -69,6 +69,23 @@ _SPECS: tuple[TopicSpec, ...] = (
         configs={"cleanup.policy": "compact"},
     ),
     TopicSpec(
+        "memory.requests",
+        "Commands to the memory service: recall a task's context, remember a fact.",
+        configs={"retention.ms": str(7 * _DAY_MS)},
+    ),
+    TopicSpec(
+        "memory.items",
+        "The memory service's journal of long-term memories (key = memory id; forget markers "
+        "keyed by scope), compacted and kept forever: reindexing Qdrant reads it.",
+        configs={"cleanup.policy": "compact", "segment.ms": str(60 * 60 * 1000)},
+    ),
+    TopicSpec(
+        "memory.sessions",
+        "Session turns (key = tenant, session and task), compacted and kept 7 days: what "
+        "rebuilds the short-term memory in Redis after a flush.",
+        configs=_STATE_TOPIC_CONFIGS,
+    ),
+    TopicSpec(
         "results",
         "Public output: progress and exactly one terminal event per task (CloudEvents).",
         configs={"retention.ms": str(7 * _DAY_MS)},
@@ -132,6 +149,21 @@ class Topics:
     def tool_catalog(self) -> str:
         """The compacted tool catalog."""
         return self.name("tool.catalog")
+
+    @property
+    def memory_requests(self) -> str:
+        """Commands to the memory service."""
+        return self.name("memory.requests")
+
+    @property
+    def memory_items(self) -> str:
+        """The memory service's compacted journal of long-term memories."""
+        return self.name("memory.items")
+
+    @property
+    def memory_sessions(self) -> str:
+        """The memory service's compacted session turns."""
+        return self.name("memory.sessions")
 
     @property
     def results(self) -> str:

@@ -31,6 +31,9 @@ class Emit:
     """The record key when it is not the event's subject (a state record stored in parts)."""
     partition: int | None = None
     """An explicit partition, for records that must sit with their task whatever their key."""
+    tombstone: bool = False
+    """Publish no value under ``key`` (compacted topics then drop the key); ``event`` only
+    says why, in logs."""
 
 
 class EventPublisher:
@@ -99,9 +102,11 @@ class EventPublisher:
         for emit in emits:
             headers: Headers = list(emit.headers)
             inject_context(headers)
-            value = encode(emit.event)
-            if self.payloads is not None and len(value) > self._claim_check_threshold:
-                value = claim_value(emit.event, await self.payloads.put(value))
+            value: bytes | None = None
+            if not emit.tombstone:
+                value = encode(emit.event)
+                if self.payloads is not None and len(value) > self._claim_check_threshold:
+                    value = claim_value(emit.event, await self.payloads.put(value))
             futures.append(
                 await self._producer.send(
                     emit.topic,

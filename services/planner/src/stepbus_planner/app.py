@@ -42,13 +42,17 @@ async def sweep(
     settings: PlannerSettings,
 ) -> None:
     """End tasks whose deadline passed while nothing arrived for them (a tool never answered),
-    and (every minute at most) forget tasks ended longer ago than the retention. Both run in
-    the task's own queue."""
+    let tasks whose recall did not come in time go on without memory, and (every minute at
+    most) forget tasks ended longer ago than the retention. All run in the task's own queue."""
     retention = settings.ended_task_retention_seconds
     forget_every = min(60.0, retention / 4)
     next_forget = time.monotonic() + forget_every
+    pause = min(settings.deadline_sweep_seconds, settings.recall_timeout_seconds / 4)
     while True:
-        await asyncio.sleep(settings.deadline_sweep_seconds)
+        await asyncio.sleep(pause)
+        for waiting in handlers.recalls_overdue():
+            task_id, tenant = waiting.task_id, waiting.tenant
+            processor.submit(task_id, lambda t=task_id, n=tenant: handlers.recall_timed_out(t, n))
         now = utcnow()
         for state in states.running():
             if state.task is not None and now >= state.task.deadline_at:
@@ -112,6 +116,9 @@ async def main(settings: PlannerSettings | None = None) -> None:
         clock=utcnow,
         system_prompt=settings.system_prompt,
         event_ids=event_ids,
+        memory=settings.memory,
+        recall_limit=settings.recall_limit,
+        recall_timeout_seconds=settings.recall_timeout_seconds,
     )
     processor = service_processor(
         settings,

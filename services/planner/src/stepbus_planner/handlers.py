@@ -14,6 +14,10 @@ from pydantic import ValidationError
 from stepbus_contracts import (
     CloudEvent,
     LlmDecided,
+    MemoryRecalled,
+    MemoryRecalledData,
+    MemoryRecallRequested,
+    MemoryRecallRequestedData,
     TaskAccepted,
     TaskAcceptedData,
     TaskCancelled,
@@ -23,6 +27,7 @@ from stepbus_contracts import (
     TaskCompletedData,
     TaskFailed,
     TaskFailedData,
+    TaskInput,
     TaskProgress,
     TaskProgressData,
     TaskSubmitted,
@@ -46,9 +51,11 @@ from .react import (
     Dispatch,
     Fail,
     Finish,
+    Recall,
     conversation,
     decision_from_turn,
     next_move,
+    observations,
 )
 from .state import HistoryEventT, TaskState, fold
 from .store import TaskStates
@@ -78,6 +85,9 @@ class PlannerHandlers:
         system_prompt: Overrides the default system prompt.
         event_ids: The index of public event ids seen (a reused id with another body is
             dead-lettered); None disables the check.
+        memory: Whether tasks accepted from now on recall memory before step 0.
+        recall_limit: Most long-term memories a recall asks for.
+        recall_timeout_seconds: How long a task waits for its recall before going on without.
     """
 
     def __init__(
@@ -92,8 +102,15 @@ class PlannerHandlers:
         clock: Callable[[], datetime],
         system_prompt: str | None = None,
         event_ids: EventIds | None = None,
+        memory: bool = False,
+        recall_limit: int = 5,
+        recall_timeout_seconds: float = 2.0,
     ) -> None:
         self._event_ids = event_ids
+        self._memory = memory
+        self._recall_limit = recall_limit
+        self._recall_timeout = recall_timeout_seconds
+        self._recalls: dict[str, float] = {}  # task id -> when its recall was asked (monotonic)
         self._model = model
         self._store = store
         self._catalog = catalog
@@ -106,10 +123,9 @@ class PlannerHandlers:
 
     # -- tasks topic ----------------------------------------------------------------------
 
-    async def on_task(
-        self, event: TaskSubmitted | TaskCancelRequested, context: RecordContext
-    ) -> Sequence[Emit]:
-        """Accept a submitted task, or cancel a running one.
+    async def on_task(self, event: TaskInput, context: RecordContext) -> Sequence[Emit]:
+        """Accept a submitted task, or cancel a running one (memory events are the memory
+        service's: the planner passes them by).
 
         A task belongs to the tenant that submitted it: a submission of a task id another
         tenant holds fails for the submitting tenant only (``task_id_conflict``, on results,
@@ -118,6 +134,8 @@ class PlannerHandlers:
         Raises:
             PermanentError: The event's id was used before for a different event.
         """
+        if not isinstance(event, TaskSubmitted | TaskCancelRequested):
+            return []
         await self._check_event_id(event)
         state = self._store.get(event.subject, event.tenant)
         holder = owner(state)
@@ -165,6 +183,8 @@ class PlannerHandlers:
                 data = TaskAcceptedData(
                     input=task.input,
                     session_id=task.session_id,
+                    user_id=task.user_id,
+                    memory=self._memory,
                     tools=tools,
                     max_iterations=task.max_iterations,
                     deadline_at=self._clock() + timedelta(seconds=task.deadline_seconds),
@@ -193,7 +213,7 @@ class PlannerHandlers:
         )
         return [Emit(self._topics.planner_history, accepted), *snapshot]
 
-    def on_task_arrival(self, event: TaskSubmitted | TaskCancelRequested) -> None:
+    def on_task_arrival(self, event: TaskInput) -> None:
         """A cancellation interrupts the task's running LLM call at once (not after it), if it
         comes from the task's own tenant."""
         if isinstance(event, TaskCancelRequested):
@@ -264,12 +284,64 @@ class PlannerHandlers:
             outputs.append(Emit(self._topics.planner_history, decided, stage=_RECORD))
             outputs.extend(Emit(self._topics.results, p, stage=_EFFECT) for p in _progress(decided))
             cause, move = decided, next_move(state, decided, self._clock())
-        if isinstance(move, Dispatch):
+        if isinstance(move, Recall):
+            outputs.append(self._recall(state, cause))
+        elif isinstance(move, Dispatch):
             outputs.extend(self._dispatch(state, cause, move))
         elif isinstance(move, Finish | Fail):
             terminal = self._terminal(state, cause, move)
             return [*outputs, *self._end(state, context.partition, terminal)]
         return [*outputs, *self._store.put(state, context.partition)]
+
+    def _recall(self, state: TaskState, cause: CloudEvent) -> Emit:
+        assert state.task is not None
+        self._recalls[state.task_id] = time.monotonic()
+        request = MemoryRecallRequested(
+            **_envelope(cause, "recall"),
+            data=MemoryRecallRequestedData(
+                query=state.task.input,
+                session_id=state.task.session_id,
+                user_id=state.task.user_id,
+                limit=self._recall_limit,
+            ),
+        )
+        return Emit(self._topics.memory_requests, request, stage=_EFFECT)
+
+    def recalls_overdue(self) -> list[TaskState]:
+        """Tasks that asked for their recall more than the recall timeout ago and have none.
+
+        A task found waiting that this replica did not ask for (restored after a restart) is
+        given the whole timeout from now.
+        """
+        now = time.monotonic()
+        overdue = []
+        for state in self._store.running():
+            if not state.awaiting_recall:
+                self._recalls.pop(state.task_id, None)
+                continue
+            asked = self._recalls.setdefault(state.task_id, now)
+            if now - asked >= self._recall_timeout:
+                overdue.append(state)
+        return overdue
+
+    async def recall_timed_out(self, task_id: str, tenant: str) -> Sequence[Emit]:
+        """Record that no recall came in time: the task goes on without memory."""
+        state = self._store.get(task_id, tenant)
+        if state.task is None or not state.awaiting_recall:
+            return []
+        self._recalls.pop(task_id, None)
+        timed_out = MemoryRecalled(
+            id=derive_id(state.task.submitted_id, "recall", "timed_out"),
+            source=_SOURCE,
+            subject=task_id,
+            tenant=state.tenant,
+            data=MemoryRecalledData(
+                status="timed_out",
+                message=f"no recall within {self._recall_timeout:g}s: going on without memory",
+                recalled_at=self._clock(),
+            ),
+        )
+        return [Emit(self._topics.planner_history, timed_out)]
 
     async def expire(self, task_id: str, tenant: str) -> Sequence[Emit]:
         """End a task whose deadline passed while it waited (e.g. on a tool that never answers)."""
@@ -350,6 +422,8 @@ class PlannerHandlers:
                     idempotency_key=key,
                     arguments=call.arguments,
                     timeout_seconds=self._tool_timeout,
+                    session_id=state.task.session_id,
+                    user_id=state.task.user_id,
                 ),
             )
             outputs.append(Emit(self._topics.tool_calls, request, stage=_EFFECT))
@@ -360,6 +434,7 @@ class PlannerHandlers:
     ) -> TaskCompleted | TaskFailed:
         metadata = state.task.metadata if state.task else {}
         if isinstance(move, Finish):
+            task = state.task
             return TaskCompleted(
                 **_envelope(cause, "terminal"),
                 data=TaskCompletedData(
@@ -367,6 +442,10 @@ class PlannerHandlers:
                     steps=len(state.decisions),
                     usage=state.usage,
                     metadata=metadata,
+                    input=task.input if task else None,
+                    session_id=task.session_id if task else None,
+                    user_id=task.user_id if task else None,
+                    observations=observations(state),
                 ),
             )
         return TaskFailed(
@@ -415,6 +494,14 @@ def _progress(event: HistoryEventT) -> list[TaskProgress]:
     items: list[TaskProgressData] = []
     if isinstance(event, TaskAccepted):
         items.append(TaskProgressData(step=0, stage="accepted", message="task accepted"))
+    elif isinstance(event, MemoryRecalled):
+        recall = event.data
+        message = (
+            f"recalled {len(recall.turns)} turns and {len(recall.hits)} memories"
+            if recall.status == "recalled"
+            else f"no memory ({recall.status}): {recall.message}"
+        )
+        items.append(TaskProgressData(step=0, stage="memory", message=clip(message, 500)))
     elif isinstance(event, LlmDecided):
         data = event.data
         if data.content and data.tool_calls:

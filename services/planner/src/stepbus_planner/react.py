@@ -8,9 +8,12 @@ from datetime import datetime
 from typing import Any
 
 from stepbus_contracts import (
+    MAX_OBSERVATION_LENGTH,
+    MAX_OBSERVATIONS,
     FailureReason,
     LlmDecided,
     LlmDecidedData,
+    MemoryRecalled,
     PlannedToolCall,
     TaskAccepted,
     ToolCallCompleted,
@@ -18,6 +21,7 @@ from stepbus_contracts import (
     ToolCallFailed,
 )
 
+from .memory_prompt import memory_context
 from .ports import ModelTurn
 from .state import HistoryEventT, TaskState
 
@@ -27,16 +31,23 @@ __all__ = [
     "Fail",
     "Finish",
     "Move",
+    "Recall",
     "Wait",
     "conversation",
     "decision_from_turn",
     "next_move",
+    "observations",
 ]
 
 SYSTEM_PROMPT = (
     "You are a careful assistant. Use the tools offered when they help; never guess a result "
     "a tool can compute. When you have the answer, reply with it plainly."
 )
+
+
+@dataclass(frozen=True)
+class Recall:
+    """Ask the memory service for the task's context before step 0."""
 
 
 @dataclass(frozen=True)
@@ -74,15 +85,16 @@ class Wait:
     """Nothing to do until more events arrive."""
 
 
-Move = AskModel | Dispatch | Finish | Fail | Wait
+Move = Recall | AskModel | Dispatch | Finish | Fail | Wait
 
 
 def next_move(state: TaskState, trigger: HistoryEventT, now: datetime) -> Move:
     """What the planner does after folding ``trigger`` into ``state``.
 
-    Budgets are checked first; then the trigger decides: an accepted task asks the model for
-    step 0, a recorded decision is dispatched (or is the final answer), and the last missing
-    tool outcome of the current step asks the model for the next step.
+    Budgets are checked first; then the trigger decides: an accepted task recalls its memory
+    (when it has memory) or asks the model for step 0, a recorded recall asks for step 0, a
+    recorded decision is dispatched (or is the final answer), and the last missing tool
+    outcome of the current step asks the model for the next step.
     """
     task = state.task
     if task is None or state.ended:
@@ -95,7 +107,9 @@ def next_move(state: TaskState, trigger: HistoryEventT, now: datetime) -> Move:
             f"used {state.usage.total_tokens} tokens, budget is {task.token_budget}",
         )
     if isinstance(trigger, TaskAccepted):
-        return AskModel(0)
+        return Recall() if state.awaiting_recall else AskModel(0)
+    if isinstance(trigger, MemoryRecalled):
+        return AskModel(0) if state.step == -1 else Wait()
     if isinstance(trigger, LlmDecided):
         decision = trigger.data
         if decision.tool_calls:
@@ -117,10 +131,10 @@ def next_move(state: TaskState, trigger: HistoryEventT, now: datetime) -> Move:
 def conversation(state: TaskState, system_prompt: str = SYSTEM_PROMPT) -> list[dict[str, Any]]:
     """The chat messages for the model's next call, rebuilt from recorded history."""
     assert state.task is not None
-    messages: list[dict[str, Any]] = [
-        {"role": "system", "content": system_prompt},
-        {"role": "user", "content": state.task.input},
-    ]
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}]
+    if state.recall is not None and (context := memory_context(state.recall)):
+        messages.append({"role": "system", "content": context})
+    messages.append({"role": "user", "content": state.task.input})
     for step in sorted(state.decisions):
         decision = state.decisions[step]
         assistant: dict[str, Any] = {"role": "assistant", "content": decision.content}
@@ -179,3 +193,20 @@ def decision_from_turn(step: int, turn: ModelTurn, duration_ms: float) -> LlmDec
         finish_reason=turn.finish_reason,
         duration_ms=duration_ms,
     )
+
+
+def observations(state: TaskState) -> list[str]:
+    """The tool results the model saw, in order, bounded as ``TaskCompletedData`` wants."""
+    seen = []
+    for step in sorted(state.decisions):
+        for call in state.decisions[step].tool_calls:
+            outcome = state.outcome(step, call.call_index)
+            if outcome is None:
+                continue
+            text = (
+                outcome.output
+                if isinstance(outcome, ToolCallCompletedData)
+                else f"error: {outcome.error}"
+            )
+            seen.append(f"{call.name}: {text}"[:MAX_OBSERVATION_LENGTH])
+    return seen[-MAX_OBSERVATIONS:]

@@ -67,3 +67,18 @@ class PlannerSettings(ServiceSettings):
         description="How long a public event id is remembered: an id reused for a different "
         "event within it is dead-lettered.",
     )
+    memory: bool = Field(
+        default=True,
+        description="Recall memory (session turns, long-term memories) before each task's first "
+        "step, from the memory service; recorded on the journal.",
+    )
+    recall_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=300,
+        description="How long a task waits for its recall; then it goes on without memory, "
+        "recorded as such.",
+    )
+    recall_limit: int = Field(
+        default=5, ge=0, le=50, description="Most long-term memories recalled per task."
+    )

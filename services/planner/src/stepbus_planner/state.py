@@ -18,6 +18,8 @@ from stepbus_contracts import (
     JournalEvent,
     LlmDecided,
     LlmDecidedData,
+    MemoryRecalled,
+    MemoryRecalledData,
     TaskAccepted,
     TaskAcceptedData,
     TokenUsage,
@@ -45,6 +47,9 @@ class TaskState(BaseModel):
         description="Set when the planner accepts the submission, before `task.accepted` is "
         "read back, so an early cancellation or a duplicate submission is recognised.",
     )
+    recall: MemoryRecalledData | None = Field(
+        default=None, description="The memory recalled before step 0 (tasks with memory)."
+    )
     decisions: dict[int, LlmDecidedData] = Field(default_factory=dict)
     outcomes: dict[str, ToolCallCompletedData | ToolCallFailedData] = Field(default_factory=dict)
     terminal: str | None = Field(default=None, description="Type of the terminal event, if any.")
@@ -53,6 +58,17 @@ class TaskState(BaseModel):
     def ended(self) -> bool:
         """True once a terminal event is recorded."""
         return self.terminal is not None
+
+    @property
+    def awaiting_recall(self) -> bool:
+        """True while a task with memory waits for its recall before step 0."""
+        return (
+            self.task is not None
+            and self.task.memory
+            and self.recall is None
+            and not self.decisions
+            and not self.ended
+        )
 
     @property
     def step(self) -> int:
@@ -87,6 +103,10 @@ def fold(state: TaskState, event: HistoryEventT) -> tuple[TaskState, bool]:
         if state.task is not None:
             return state, False
         return state.model_copy(update={"task": event.data}), True
+    if isinstance(event, MemoryRecalled):
+        if state.recall is not None:
+            return state, False
+        return state.model_copy(update={"recall": event.data}), True
     if isinstance(event, LlmDecided):
         if event.data.step in state.decisions:
             return state, False

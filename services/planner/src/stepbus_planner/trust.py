@@ -10,7 +10,8 @@ stretch or steer someone's task. So before folding, the planner refuses:
 - an acceptance it did not write: its task was not submitted here, it names another
   submission, or its bounds are outside what a submission may ask for;
 - anything for a task it has no accepted state for (no snapshot, no progress: dropped);
-- a decision that is not the task's next step, and a tool outcome for a call no decision made.
+- a decision that is not the task's next step, and a tool outcome for a call no decision made;
+- a recall for a task that does not wait for one.
 
 Pure functions: no Kafka, no clock of their own.
 """
@@ -22,6 +23,7 @@ from datetime import datetime, timedelta
 from stepbus_contracts import (
     MAX_DEADLINE_SECONDS,
     LlmDecided,
+    MemoryRecalled,
     TaskAccepted,
     TaskCancelled,
     TaskCompleted,
@@ -61,12 +63,18 @@ def refusal(state: TaskState, event: HistoryEventT, now: datetime) -> str | None
     task = state.task
     if task is None:
         return "unknown_task"
+    if isinstance(event, MemoryRecalled):
+        if state.recall is not None:
+            return None  # a second answer (late, or after a timeout): the first one stands
+        return None if state.awaiting_recall else "unexpected_recall"
     if isinstance(event, LlmDecided):
         step = event.data.step
         if step in state.decisions:
             return None
         if step != state.step + 1 or step >= task.max_iterations:
             return "unexpected_step"
+        if step == 0 and state.awaiting_recall:
+            return "unexpected_step"  # step 0 is asked only once the recall is recorded
         if step > 0 and not state.step_complete(step - 1):
             return "unexpected_step"
         return None

@@ -9,7 +9,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from stepbus_contracts import (
+    MAX_FACT_LENGTH,
     CloudEvent,
+    MemoryRememberRequested,
+    MemoryRememberRequestedData,
     ToolCallCompleted,
     ToolCallCompletedData,
     ToolCallFailed,
@@ -65,13 +68,36 @@ class ToolCallHandler:
             DROPPED_RECORDS.labels("tool-executor", context.topic, "foreign_tenant").inc()
             return []
         recorded = self._ledger.recorded(command.subject, call.idempotency_key)
-        if recorded is not None:
-            return [self._emit(command, recorded, replayed=True)]
+        if recorded is not None:  # its memory request again too: the memory dedupes by key
+            return [*self._remembered(command, recorded), self._emit(command, recorded, True)]
         outcome = await self._run(command, context)
         entry = self._ledger.record(
             command.subject, command.tenant, call.idempotency_key, outcome, context.partition
         )
-        return [entry, self._emit(command, outcome, replayed=False)]
+        return [entry, *self._remembered(command, outcome), self._emit(command, outcome, False)]
+
+    def _remembered(self, command: ToolCallRequested, outcome: dict[str, Any]) -> list[Emit]:
+        """The memory request of a successful call to a tool that remembers (stage 0, with
+        the ledger entry: on the log before the outcome is)."""
+        tool = self._registry.get(command.data.name)
+        if tool is None or tool.remembers is None or "error" in outcome:
+            return []
+        fact = command.data.arguments.get(tool.remembers)
+        if not isinstance(fact, str) or not fact.strip():
+            return []
+        request = MemoryRememberRequested(
+            id=derive_id(command.id, "remember"),
+            source=_SOURCE,
+            subject=command.subject,
+            tenant=command.tenant,
+            data=MemoryRememberRequestedData(
+                fact=fact.strip()[:MAX_FACT_LENGTH],
+                session_id=command.data.session_id,
+                user_id=command.data.user_id,
+                idempotency_key=command.data.idempotency_key,
+            ),
+        )
+        return [Emit(self._topics.memory_requests, request)]
 
     async def _run(self, command: ToolCallRequested, context: RecordContext) -> dict[str, Any]:
         call = command.data

@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from stepbus_contracts import MAX_FACT_LENGTH
+
 from .calculator import CalculatorError, evaluate, format_number
 
 __all__ = ["Tool", "ToolInputError", "ToolRegistry", "builtin_registry"]
@@ -23,6 +25,9 @@ class Tool:
     description: str
     parameters: dict[str, Any]
     run: Callable[[dict[str, Any], str], Awaitable[str]]
+    remembers: str | None = None
+    """The argument holding a fact to keep in long-term memory: the executor asks the memory
+    service to remember it (``stepbus.memory.remember_requested``) when the call succeeds."""
 
 
 @dataclass
@@ -62,8 +67,32 @@ CALCULATOR = Tool(
 )
 
 
+async def _remember(arguments: dict[str, Any], idempotency_key: str) -> str:
+    fact = arguments.get("fact")
+    if not isinstance(fact, str) or not fact.strip():
+        raise ToolInputError('remember needs {"fact": "<what to remember>"}')
+    if len(fact) > MAX_FACT_LENGTH:
+        raise ToolInputError(f"a fact is at most {MAX_FACT_LENGTH} characters; say it shorter")
+    return f"Remembered: {fact.strip()}"
+
+
+REMEMBER = Tool(
+    name="remember",
+    description="Store a fact in long-term memory so later tasks (of this tenant and user) can "
+    "recall it, e.g. a preference or a decision the user stated.",
+    parameters={
+        "type": "object",
+        "properties": {"fact": {"type": "string", "description": "The fact, self-contained."}},
+        "required": ["fact"],
+    },
+    run=_remember,
+    remembers="fact",
+)
+
+
 def builtin_registry() -> ToolRegistry:
     """A registry holding the built-in tools."""
     registry = ToolRegistry()
     registry.add(CALCULATOR)
+    registry.add(REMEMBER)
     return registry

@@ -1,6 +1,9 @@
-"""``make run``'s demo: submit a task to the gateway, follow its progress, print the result.
+"""``make run``'s demo: two tasks of one session through the gateway, progress and results.
 
-python -m stepbus_devtools.demo [--input TEXT] [--gateway URL] [--timeout SECONDS]
+python -m stepbus_devtools.demo [--input TEXT] [--follow-up TEXT] [--gateway URL] [--timeout S]
+
+The second task asks about the first: its answer comes from the session memory the planner
+recalled (``stepbus.memory.recalled``), not from anything the demo passes along.
 """
 
 from __future__ import annotations
@@ -9,11 +12,13 @@ import argparse
 import json
 import os
 import sys
+import uuid
 from typing import Any
 
 import httpx
 
 DEFAULT_INPUT = "What is 17 * 23, and then (391 - 1) / 2?"
+DEFAULT_FOLLOW_UP = "What did I ask you before, and what did you answer?"
 
 
 def _events(response: httpx.Response) -> Any:
@@ -30,37 +35,27 @@ def _events(response: httpx.Response) -> Any:
             data.append(line[5:].strip())
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one demo task end to end; exit 0 when it completed."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", default=DEFAULT_INPUT, help="the task for the agent")
-    parser.add_argument(
-        "--gateway",
-        default=f"http://127.0.0.1:{os.environ.get('STEPBUS_GATEWAY_PORT', '8080')}",
-        help="gateway base URL",
-    )
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
-    args = parser.parse_args(argv)
+def run_task(client: httpx.Client, text: str, session_id: str) -> dict[str, Any] | None:
+    """Submit one task, print its progress; its terminal event (None if the stream ended)."""
+    body = {"input": text, "tools": ["calculator"], "session_id": session_id}
+    response = client.post("/v1/tasks", json=body)
+    if response.status_code != 202:
+        print(f"submit failed: HTTP {response.status_code} {response.text}", file=sys.stderr)
+        return None
+    task = response.json()
+    print(f"task {task['task_id']} submitted (session {session_id}): {text}")
+    with client.stream("GET", task["events_url"]) as stream:
+        for event_type, event in _events(stream):
+            data = event.get("data", {})
+            if event_type == "stepbus.task.progress":
+                print(f"  step {data['step']} {data['stage']:<12} {data['message']}")
+            elif event_type.startswith("stepbus.task."):
+                return dict(event)
+    print("the event stream ended without a result", file=sys.stderr)
+    return None
 
-    with httpx.Client(base_url=args.gateway, timeout=args.timeout) as client:
-        response = client.post("/v1/tasks", json={"input": args.input, "tools": ["calculator"]})
-        if response.status_code != 202:
-            print(f"submit failed: HTTP {response.status_code} {response.text}", file=sys.stderr)
-            return 1
-        task = response.json()
-        print(f"task {task['task_id']} submitted: {args.input}")
-        terminal: dict[str, Any] | None = None
-        with client.stream("GET", task["events_url"]) as stream:
-            for event_type, event in _events(stream):
-                data = event.get("data", {})
-                if event_type == "stepbus.task.progress":
-                    print(f"  step {data['step']} {data['stage']:<12} {data['message']}")
-                elif event_type.startswith("stepbus.task."):
-                    terminal = event
-                    break
-    if terminal is None:
-        print("the event stream ended without a result", file=sys.stderr)
-        return 1
+
+def _report(terminal: dict[str, Any]) -> bool:
     data = terminal["data"]
     if terminal["type"] == "stepbus.task.completed":
         usage = data.get("usage", {})
@@ -69,9 +64,30 @@ def main(argv: list[str] | None = None) -> int:
             f"({data['steps']} LLM steps, "
             f"{usage.get('prompt_tokens', 0) + usage.get('completion_tokens', 0)} tokens)"
         )
-        return 0
+        return True
     print(f"task ended with {terminal['type']}: {data.get('reason', '')} {data.get('message', '')}")
-    return 1
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo tasks end to end; exit 0 when both completed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", default=DEFAULT_INPUT, help="the first task")
+    parser.add_argument("--follow-up", default=DEFAULT_FOLLOW_UP, help="the second task")
+    parser.add_argument(
+        "--gateway",
+        default=f"http://127.0.0.1:{os.environ.get('STEPBUS_GATEWAY_PORT', '8080')}",
+        help="gateway base URL",
+    )
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
+    args = parser.parse_args(argv)
+    session = f"demo-{uuid.uuid4().hex[:8]}"
+    with httpx.Client(base_url=args.gateway, timeout=args.timeout) as client:
+        for text in (args.input, args.follow_up):
+            terminal = run_task(client, text, session)
+            if terminal is None or not _report(terminal):
+                return 1
+    return 0
 
 
 if __name__ == "__main__":

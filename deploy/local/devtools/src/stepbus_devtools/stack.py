@@ -100,7 +100,7 @@ class Process:
 
 
 # Start order (the tool-executor publishes the tool catalog the planner reads); `down` stops
-# in reverse. Add `memory` and `critic` here when they exist.
+# in reverse. Add `critic` here when it exists.
 PROCESSES: tuple[Process, ...] = (
     Process("kafka", marker="kafka.Kafka", script="kafka.sh"),
     Process("redis", marker="redis-server", script="redis.sh"),
@@ -118,6 +118,13 @@ PROCESSES: tuple[Process, ...] = (
         module="stepbus_tool_executor",
         port_env="STEPBUS_TOOL_EXECUTOR_METRICS_PORT",
         port=9102,
+    ),
+    Process(
+        "memory",
+        marker="stepbus_memory",
+        module="stepbus_memory",
+        port_env="STEPBUS_MEMORY_METRICS_PORT",
+        port=9103,
     ),
     Process(
         "planner",
@@ -318,6 +325,8 @@ def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["STEPBUS_HOME"] = str(stepbus_home())
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # Qdrant's embedded local mode keeps its files with the rest of the stack's state.
+    env.setdefault("STEPBUS_MEMORY_QDRANT_PATH", str(stepbus_home() / "qdrant"))
     if _uses_scripted_llm():
         env["OPENAI_BASE_URL"] = _scripted_url()
         env.setdefault("OPENAI_API_KEY", SCRIPTED_API_KEY)

@@ -85,7 +85,7 @@ def _where(record: FuzzRecord, topics: Topics) -> str:
 def _log_hint(seen: Observed, record: FuzzRecord) -> str:
     """The consumer's log line about ``record`` (the processor and the feed both write
     ``topic[partition]@offset``), clipped."""
-    service = CONSUMERS[record.topic]
+    service = CONSUMERS[record.topic][0]
     needle = f"{seen.topics.name(record.topic)}[{record.partition}]@{record.offset}"
     growth = seen.logs.get(service)
     text = growth.text if growth is not None else ""
@@ -249,8 +249,9 @@ def check_letters(
         twice += max(0, len(got) - 1)
         for letter in got[:1]:
             wrong = [h for h in REQUIRED_HEADERS if not letter.headers.get(h)]
-            if letter.service != CONSUMERS[record.topic]:
-                wrong.append(f"stepbus.service={letter.service!r} (want {CONSUMERS[record.topic]})")
+            if letter.service not in CONSUMERS[record.topic]:
+                wanted = " or ".join(CONSUMERS[record.topic])
+                wrong.append(f"stepbus.service={letter.service!r} (want {wanted})")
             wrong += [
                 f"{h}={letter.headers.get(h)!r} (want {v!r})"
                 for h, v in record.dlq_headers

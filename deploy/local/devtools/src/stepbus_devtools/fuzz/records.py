@@ -41,12 +41,13 @@ FUZZED = ("tasks", "planner.history", "tool.calls", "results")
 """Catalog suffixes of the topics the fuzz writes to."""
 
 CONSUMERS = {
-    "tasks": "planner",
-    "planner.history": "planner",
-    "tool.calls": "tool-executor",
-    "results": "gateway",
+    "tasks": ("planner", "memory"),
+    "planner.history": ("planner",),
+    "tool.calls": ("tool-executor",),
+    "results": ("gateway", "memory"),
 }
-"""The service that consumes each fuzzed topic, hence must dead-letter its bad records."""
+"""The services that consume each fuzzed topic, hence each must dead-letter its bad records
+(the first named is the one whose log a failure quotes)."""
 
 Expect = Literal["dead_letter", "refused", "conflict"]
 """What a bad record must cause: ``dead_letter`` (a dead letter on ``dlq`` from the topic's

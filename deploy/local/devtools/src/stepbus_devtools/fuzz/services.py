@@ -39,7 +39,7 @@ __all__ = [
     "scrape",
 ]
 
-SERVICES = ("planner", "tool-executor", "gateway")
+SERVICES = ("planner", "tool-executor", "memory", "gateway")
 """The services that consume what the fuzz writes."""
 
 COUNTERS = ("stepbus_records_total", "stepbus_dlq_records_total", "stepbus_records_dropped_total")
@@ -48,11 +48,13 @@ COUNTERS = ("stepbus_records_total", "stepbus_dlq_records_total", "stepbus_recor
 _PORTS = {
     "planner": ("STEPBUS_PLANNER_METRICS_PORT", 9101),
     "tool-executor": ("STEPBUS_TOOL_EXECUTOR_METRICS_PORT", 9102),
+    "memory": ("STEPBUS_MEMORY_METRICS_PORT", 9103),
     "gateway": ("STEPBUS_GATEWAY_PORT", 8080),
 }
 _HOSTS = {
     "planner": "STEPBUS_PLANNER_METRICS_HOST",
     "tool-executor": "STEPBUS_TOOL_EXECUTOR_METRICS_HOST",
+    "memory": "STEPBUS_MEMORY_METRICS_HOST",
     "gateway": "STEPBUS_GATEWAY_HOST",
 }
 
@@ -100,6 +102,9 @@ def _service(name: str, pid: int) -> Service:
     elif name == "tool-executor":
         group_id = prefix + (env.get("STEPBUS_TOOL_EXECUTOR_GROUP_ID") or "stepbus-tool-executor")
         group = Group(group_id, (topics.tool_calls,))
+    elif name == "memory":
+        group_id = prefix + (env.get("STEPBUS_MEMORY_GROUP_ID") or "stepbus-memory")
+        group = Group(group_id, (topics.memory_requests, topics.results, topics.tasks))
     else:  # GatewaySettings.feed_group_id
         instance = env.get("STEPBUS_GATEWAY_INSTANCE_ID") or f"{socket.gethostname()}-{port}"
         group = Group(f"{prefix}gateway-{instance}", (topics.results,))

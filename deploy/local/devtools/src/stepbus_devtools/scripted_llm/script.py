@@ -4,6 +4,10 @@ Pure functions, no I/O. The conversation's first user message is the task input;
 directives in it tune the behaviour (see :func:`read_directives`), the arithmetic expressions
 left in it are worked through one ``calculator`` tool call at a time, and the final answer is
 built from the tool results.
+
+Memory: an input ``Remember that <fact>`` calls the ``remember`` tool with the fact; an input
+without arithmetic answers from the recalled memory the planner put in the prompt (a system
+message starting ``Memory:``): what the session said last, or else the best stored memory.
 """
 
 from __future__ import annotations
@@ -28,11 +32,18 @@ __all__ = [
     "next_turn",
     "parse_latency_range",
     "read_directives",
+    "recall_answer",
     "task_input",
 ]
 
 CALCULATOR = "calculator"
-"""The only tool the script knows how to use."""
+"""The tool the script computes with."""
+
+REMEMBER = "remember"
+"""The tool the script stores facts with."""
+
+_REMEMBER_INPUT = re.compile(r"^\s*remember(?:\s+that)?[\s:,]+(?P<fact>.+?)\s*$", re.I | re.S)
+_MEMORY_LINE = re.compile(r"^- \[(?P<tag>[^\]]*)\] (?P<text>.*)$")
 
 LOOP_EXPRESSION = "1 + 1"
 
@@ -225,9 +236,19 @@ def next_turn(messages: Sequence[Message], tools: Sequence[Mapping[str, Any]]) -
     else:
         expressions = extract_expressions(task_input(messages))
     results = _tool_results(messages)
-    text = _final_text(expressions, results, _tool_names(tools), directives)
+    remember = _REMEMBER_INPUT.match(task_input(messages))
     calls: tuple[ToolCall, ...] = ()
-    if text is None:
+    if remember and REMEMBER in _tool_names(tools) and not directives.loop:
+        text = "I will remember that." if results else None
+        if text is None:
+            fact = json.dumps({"fact": remember["fact"]})
+            calls = (ToolCall(id="call_" + conversation_hash(messages)[:12], name=REMEMBER,
+                              arguments=fact),)  # fmt: skip
+    elif not expressions and not directives.loop and (recalled := recall_answer(messages)):
+        text = recalled
+    else:
+        text = _final_text(expressions, results, _tool_names(tools), directives)
+    if text is None and not calls:
         pending = expressions if directives.loop else expressions[len(results) :]
         calls = _calculator_calls(messages, pending if directives.parallel else pending[:1])
     output = text if text is not None else "".join(call.arguments for call in calls)
@@ -302,3 +323,36 @@ def _calculator_calls(
 
 def _tokens(characters: int) -> int:
     return max(1, math.ceil(characters / 4))
+
+
+def recall_answer(messages: Sequence[Message]) -> str | None:
+    """An answer from the memory the planner recalled into the prompt, if there is any."""
+    memory = next(
+        (
+            message_text(m.get("content"))
+            for m in messages
+            if m.get("role") == "system" and message_text(m.get("content")).startswith("Memory:")
+        ),
+        None,
+    )
+    if memory is None:
+        return None
+    stored: list[str] = []
+    said: dict[str, str] = {}
+    section = ""
+    for line in memory.splitlines():
+        if line.startswith("Stored memories"):
+            section = "stored"
+        elif line.startswith("Earlier in this conversation"):
+            section = "turns"
+        elif match := _MEMORY_LINE.match(line):
+            if section == "stored":
+                stored.append(match["text"])
+            elif section == "turns":
+                who, _, what = match["text"].partition(": ")
+                said[who] = what  # the latest of each wins
+    if "user" in said and "assistant" in said:  # this session first: what was just said
+        return f"Earlier you asked: {said['user']} I answered: {said['assistant']}"
+    if stored:
+        return f"From memory: {' '.join(stored[0].split())}"
+    return None

@@ -1,0 +1,1 @@
+"""stepbus memory service: session memory in Redis, long-term memory in Qdrant."""
