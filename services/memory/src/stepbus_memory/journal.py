@@ -63,6 +63,8 @@ class ItemRecordData(EventData):
     session_id: str | None = None
     task_id: str | None = None
     title: str | None = None
+    embedded: str | None = None
+    """The text the memory is found by, when not ``text`` (a part of a document chunk)."""
 
 
 class ItemRecord(CloudEvent):
@@ -121,8 +123,8 @@ def forget_key(tenant: str, marker: ForgetMarkerData) -> str:
     return f"forget/{tenant}/{marker.scope}/{what}"
 
 
-def item_emit(topic: str, item: MemoryItem, cause_id: str) -> Emit:
-    """The journal record of ``item``."""
+def item_emit(topic: str, item: MemoryItem, cause_id: str, embedded: str | None = None) -> Emit:
+    """The journal record of ``item`` (``embedded``: the text it is found by, if not its own)."""
     record = ItemRecord(
         id=derive_id(cause_id, "item", item.id),
         source=_SOURCE,
@@ -131,7 +133,7 @@ def item_emit(topic: str, item: MemoryItem, cause_id: str) -> Emit:
         data=ItemRecordData(
             id=item.id, text=item.text, kind=item.kind, source=item.source, at=item.at,
             user_id=item.user_id, session_id=item.session_id, task_id=item.task_id,
-            title=item.title,
+            title=item.title, embedded=embedded,
         ),
     )  # fmt: skip
     return Emit(topic, record, key=item_key(item.id))

