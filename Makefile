@@ -58,6 +58,7 @@ eval-memory: deps
 
 bench: up
 	$(PY) -m stepbus_devtools.bench $(BENCH_ARGS)
+	$(PY) -m stepbus_devtools.memory_bench $(MEMORY_BENCH_ARGS)
 
 chaos: up
 	$(PY) -m stepbus_devtools.chaos $(CHAOS_ARGS)

@@ -12,7 +12,11 @@ Against the running local stack (``make up``; the scripted model at zero latency
    model answering in 200 ms: ``[latency=200]`` in the input) all at once to the one replica
    of each service, and prints tasks/s, LLM steps/s, p50/p99 task latency (submit → terminal
    event), the wall time for all of them, how many completed or failed, and the peak memory
-   (``VmHWM``) of every stack process.
+   (``VmHWM``) of every stack process — once with memory off (the planner restarted with
+   ``STEPBUS_PLANNER_MEMORY=false``) and once with memory on (every task recalls, in sessions
+   of 10 tasks, and is remembered), side by side (``--memory on|off|both``), then
+4. ``make bench`` also runs ``stepbus_devtools.memory_bench``: embedding throughput and recall
+   latency with 10,000 and 100,000 memories in the tenant's collection.
 
 The topic prefix is ``STEPBUS_TOPIC_PREFIX``, else the one the running planner was started
 with (``make chaos`` leaves the stack on its own prefix).
@@ -193,9 +197,18 @@ def _throughput_task(index: int, steps: int, latency_ms: int) -> tuple[str, str]
 
 
 async def throughput(
-    bootstrap: str, topics: Topics, count: int, steps: int, latency_ms: int, wait_seconds: float
+    bootstrap: str,
+    topics: Topics,
+    count: int,
+    steps: int,
+    latency_ms: int,
+    wait_seconds: float,
+    sessions: bool = False,
 ) -> dict[str, Any]:
-    """Submit ``count`` tasks at once; collect each one's terminal event on ``results``."""
+    """Submit ``count`` tasks at once; collect each one's terminal event on ``results``.
+
+    With ``sessions``, every 10 tasks share a session (so recalls return turns).
+    """
     run = uuid.uuid4().hex[:8]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
@@ -221,6 +234,7 @@ async def throughput(
                 subject=task_id,
                 data=TaskSubmittedData(
                     input=text,
+                    session_id=f"bench-{run}-{index // 10}" if sessions else None,
                     tools=["calculator"],
                     max_iterations=steps + 2,
                     deadline_seconds=max(300.0, 2 * wait_seconds),
@@ -293,7 +307,8 @@ def _cpu_seconds() -> dict[str, float]:
     return out
 
 
-def _print_throughput(result: dict[str, Any], args: argparse.Namespace) -> None:
+def _print_throughput(result: dict[str, Any], args: argparse.Namespace) -> float:
+    """Print a throughput run's figures; its wall time."""
     ends = result["ends"]
     submitted = result["submitted"]
     expected = result["expected"]
@@ -341,6 +356,7 @@ def _print_throughput(result: dict[str, Any], args: argparse.Namespace) -> None:
             used = cpu_after[name] - cpu_before[name]
             cpu = f", CPU {used:.1f}s = {100 * used / wall:.0f}% of one core"
         print(f"    {name:<14} pid {pid:<8} {memory[0]:8.1f} MiB   ({memory[1]:.1f} MiB now{cpu})")
+    return wall
 
 
 def _running_prefix() -> str:
@@ -379,7 +395,12 @@ async def run(args: argparse.Namespace) -> None:
             "waits for writes acknowledged in stages: the decision before its tool calls, "
             "the ledger entry before the outcome, snapshots last)"
         )
-    if not args.skip_throughput:
+    if args.skip_throughput:
+        return
+    walls: dict[str, float] = {}
+    for memory in ("off", "on") if args.memory == "both" else (args.memory,):
+        _planner_memory(memory == "on")
+        print(f"--- memory {memory}")
         result = await throughput(
             bootstrap,
             topics,
@@ -387,8 +408,34 @@ async def run(args: argparse.Namespace) -> None:
             args.throughput_steps,
             args.throughput_latency,
             args.throughput_timeout,
+            sessions=memory == "on",
         )
-        _print_throughput(result, args)
+        walls[memory] = _print_throughput(result, args)
+    _planner_memory(True)  # as the stack runs by default
+    if len(walls) == 2:
+        print(
+            f"memory on vs off: wall time {walls['on']:.1f} s vs {walls['off']:.1f} s "
+            f"({100 * (walls['on'] / walls['off'] - 1):+.0f} %; budget +25 %)"
+        )
+
+
+def _planner_memory(on: bool) -> None:
+    """Restart the stack's planner with memory on or off, unless it already runs so."""
+    wanted = "true" if on else "false"
+    pid = stack.status().get("planner")
+    current = "true"
+    if pid:
+        try:
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            environ = []
+        for entry in environ:
+            if entry.startswith(b"STEPBUS_PLANNER_MEMORY="):
+                current = entry.split(b"=", 1)[1].decode().lower()
+    if pid and current == wanted:
+        return
+    os.environ["STEPBUS_PLANNER_MEMORY"] = wanted
+    stack.restart("planner")
 
 
 def main() -> None:
@@ -405,6 +452,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--throughput-timeout", type=float, default=600.0, help="seconds to wait for the results"
+    )
+    parser.add_argument(
+        "--memory",
+        choices=("on", "off", "both"),
+        default="both",
+        help="throughput with the planner's memory on, off, or both side by side",
     )
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--skip-throughput", action="store_true", help="only the step overhead")
