@@ -232,3 +232,11 @@ async def test_a_passage_late_in_a_512_token_chunk_is_found(
     answer = await recalled(memory, recall("q", "acme", "When is the car park shut for repair?"))
     [hit] = [h for h in answer.data.hits if h.title == "Notes"]  # the chunk, once
     assert "parking garage" in hit.text and hit.text.startswith("Meeting note 0")
+
+
+async def test_a_recall_nobody_waits_for_any_more_is_skipped(handlers: Any) -> None:
+    memory, _, _ = handlers
+    late = recall("t1", "acme", "anything", answer_by=NOW.replace(hour=11))  # an hour ago
+    assert await memory.on_request(late, ctx(TOPICS.memory_requests)) == []
+    in_time = recall("t2", "acme", "anything", answer_by=NOW.replace(hour=13))
+    assert len(await memory.on_request(in_time, ctx(TOPICS.memory_requests))) == 1

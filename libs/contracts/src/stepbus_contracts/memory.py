@@ -93,6 +93,11 @@ class MemoryRecallRequestedData(EventData):
     )
     user_id: UserId | None = Field(default=None, description="Scope of long-term memory.")
     limit: int = Field(default=5, ge=0, le=50, description="Most long-term hits to return.")
+    answer_by: Timestamp | None = Field(
+        default=None,
+        description="After this instant nobody waits for the answer (the task went on without "
+        "memory): the memory service skips the recall instead of answering late.",
+    )
 
 
 class MemoryRecallRequested(CloudEvent):

@@ -71,6 +71,7 @@ async def main(settings: MemorySettings | None = None) -> None:
         min_score=settings.min_score,
         chunk_tokens=settings.chunk_tokens,
         chunk_overlap=settings.chunk_overlap,
+        query_embedder=embedder.urgent,
     )
     processor = service_processor(
         settings,

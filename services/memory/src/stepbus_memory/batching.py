@@ -4,6 +4,10 @@ The processor handles many records at once, each asking for one or a few vectors
 far faster on a batch than on texts one by one. ``BatchingEmbedder`` queues what concurrent
 callers ask for and runs it as one batch as soon as the model is free (or ``max_batch`` texts
 are waiting), so no caller waits on a timer when the machine is idle.
+
+Recalls are waited for (a task cannot start without its recall, or its recall timeout), while
+remembering can lag: ``urgent`` is a view of the same batcher whose texts go before every
+waiting text of the plain one.
 """
 
 from __future__ import annotations
@@ -28,16 +32,23 @@ class BatchingEmbedder:
         self._inner = inner
         self._max_batch = max_batch
         self._waiting: list[tuple[str, asyncio.Future[list[float]]]] = []
+        self._first: list[tuple[str, asyncio.Future[list[float]]]] = []
         self._worker: asyncio.Task[None] | None = None
         self.model_id = inner.model_id
         self.dimensions = inner.dimensions
         self.max_input_tokens: int = getattr(inner, "max_input_tokens", 254)
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """One unit vector per text; waits for the batch it joined."""
+    @property
+    def urgent(self) -> _Urgent:
+        """The same model, for callers whose texts go first (recall queries)."""
+        return _Urgent(self)
+
+    async def embed(self, texts: Sequence[str], *, first: bool = False) -> list[list[float]]:
+        """One unit vector per text; waits for the batch it joined (``first``: ahead of the
+        texts already waiting)."""
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in texts]
-        self._waiting.extend(zip(texts, futures, strict=True))
+        (self._first if first else self._waiting).extend(zip(texts, futures, strict=True))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
         return list(await asyncio.gather(*futures))
@@ -51,12 +62,11 @@ class BatchingEmbedder:
         return self._inner.windows(text, size, overlap)
 
     async def _drain(self) -> None:
-        while self._waiting:
+        while self._first or self._waiting:
             await asyncio.sleep(0)  # let callers that are ready in this turn join the batch
-            batch, self._waiting = (
-                self._waiting[: self._max_batch],
-                self._waiting[self._max_batch :],
-            )
+            queue = self._first if self._first else self._waiting
+            batch = queue[: self._max_batch]
+            del queue[: self._max_batch]
             try:
                 vectors = await self._inner.embed([text for text, _ in batch])
             except Exception as exc:
@@ -67,3 +77,25 @@ class BatchingEmbedder:
             for (_, future), vector in zip(batch, vectors, strict=True):
                 if not future.done():
                     future.set_result(vector)
+
+
+class _Urgent:
+    """A ``BatchingEmbedder`` whose texts jump the queue."""
+
+    def __init__(self, batcher: BatchingEmbedder) -> None:
+        self._batcher = batcher
+        self.model_id = batcher.model_id
+        self.dimensions = batcher.dimensions
+        self.max_input_tokens = batcher.max_input_tokens
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """See ``Embedder.embed``: ahead of every text of the plain batcher."""
+        return await self._batcher.embed(texts, first=True)
+
+    def count_tokens(self, text: str) -> int:
+        """See ``Embedder.count_tokens``."""
+        return self._batcher.count_tokens(text)
+
+    def windows(self, text: str, size: int, overlap: int) -> list[str]:
+        """See ``Embedder.windows``."""
+        return self._batcher.windows(text, size, overlap)

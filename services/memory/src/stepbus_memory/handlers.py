@@ -30,6 +30,7 @@ from stepbus_contracts import (
     derive_id,
 )
 from stepbus_runtime import Emit, RecordContext, clip
+from stepbus_runtime.metrics import DROPPED_RECORDS
 
 from .journal import (
     ForgetMarker,
@@ -71,6 +72,8 @@ class MemoryHandlers:
         min_score: Similarity below which a long-term memory is left out.
         chunk_tokens: Tokens per document chunk; ``chunk_overlap`` tokens shared by neighbours.
         recall_wait: Seconds a recall waits for a rebuilding session cache.
+        query_embedder: Embeds recall queries (default ``embedder``): a view that goes ahead of
+            remembering (``BatchingEmbedder.urgent``), since a task waits for its recall.
     """
 
     def __init__(
@@ -87,8 +90,10 @@ class MemoryHandlers:
         chunk_tokens: int = 512,
         chunk_overlap: int = 64,
         recall_wait: float = 1.0,
+        query_embedder: Embedder | None = None,
     ) -> None:
         self._embedder = embedder
+        self._query_embedder = query_embedder or embedder
         self._store = store
         self._sessions = sessions
         self._topics = topics
@@ -119,7 +124,20 @@ class MemoryHandlers:
                 task_id=event.subject,
             )
             return await self._remember([item], event)
-        return [Emit(self._topics.planner_history, await self._recall(event))]
+        if self._too_late(event):
+            return []
+        answer = await self._recall(event)
+        if self._too_late(event):  # the planner recorded a timeout meanwhile: first one wins
+            return []
+        return [Emit(self._topics.planner_history, answer)]
+
+    def _too_late(self, request: MemoryRecallRequested) -> bool:
+        """Whether nobody waits for this recall any more (its task went on without memory)."""
+        answer_by = request.data.answer_by
+        if answer_by is None or self._clock() <= answer_by:
+            return False
+        DROPPED_RECORDS.labels("memory", self._topics.memory_requests, "recall_too_late").inc()
+        return True
 
     async def _recall(self, request: MemoryRecallRequested) -> MemoryRecalled:
         started = time.perf_counter()
@@ -165,7 +183,7 @@ class MemoryHandlers:
         )
 
     async def _hits(self, request: MemoryRecallRequested) -> list[MemoryHit]:
-        [vector] = await self._embedder.embed([request.data.query])
+        [vector] = await self._query_embedder.embed([request.data.query])
         scope = Scope(tenant=request.tenant, user_id=request.data.user_id)
         # Parts of one document chunk are points of their own: ask for more, return each once.
         found = await self._store.search(vector, scope, limit=request.data.limit * 3)

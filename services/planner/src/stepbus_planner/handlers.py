@@ -303,6 +303,7 @@ class PlannerHandlers:
                 session_id=state.task.session_id,
                 user_id=state.task.user_id,
                 limit=self._recall_limit,
+                answer_by=self._clock() + timedelta(seconds=self._recall_timeout),
             ),
         )
         return Emit(self._topics.memory_requests, request, stage=_EFFECT)

@@ -12,9 +12,10 @@ Against the running local stack (``make up``; the scripted model at zero latency
    model answering in 200 ms: ``[latency=200]`` in the input) all at once to the one replica
    of each service, and prints tasks/s, LLM steps/s, p50/p99 task latency (submit → terminal
    event), the wall time for all of them, how many completed or failed, and the peak memory
-   (``VmHWM``) of every stack process — once with memory off (the planner restarted with
-   ``STEPBUS_PLANNER_MEMORY=false``) and once with memory on (every task recalls, in sessions
-   of 10 tasks, and is remembered), side by side (``--memory on|off|both``), then
+   (``VmHWM``) of every stack process — once with memory off (no memory service, the planner
+   restarted with ``STEPBUS_PLANNER_MEMORY=false``) and once with memory on (every task
+   recalls, in sessions of 10 tasks, and is remembered), side by side
+   (``--memory on|off|both``), then
 4. ``make bench`` also runs ``stepbus_devtools.memory_bench``: embedding throughput and recall
    latency with 10,000 and 100,000 memories in the tenant's collection.
 
@@ -224,6 +225,7 @@ async def throughput(
     expected: dict[str, str] = {}
     submitted: dict[str, float] = {}
     ends: dict[str, tuple[float, dict[str, Any]]] = {}
+    recalls: dict[str, str] = {}  # the memory progress message of each task
     try:
         records = []
         for index in range(count):
@@ -260,6 +262,10 @@ async def throughput(
                     subject = event.get("subject")
                     if subject in submitted and event["type"] in TERMINAL and subject not in ends:
                         ends[subject] = (record.timestamp / 1000, event)
+                    elif subject in submitted and event["type"] == "stepbus.task.progress":
+                        data = event.get("data", {})
+                        if data.get("stage") == "memory":
+                            recalls[subject] = str(data.get("message", ""))
             if time.monotonic() >= next_note:
                 next_note += 10
                 print(f"  +{time.time() - first:6.1f}s {len(ends)}/{count} tasks ended")
@@ -275,6 +281,7 @@ async def throughput(
         "submitted": submitted,
         "expected": expected,
         "ends": ends,
+        "recalls": recalls,
     }
 
 
@@ -334,6 +341,13 @@ def _print_throughput(result: dict[str, Any], args: argparse.Namespace) -> float
         f"not ended {count - len(ends)} (timeout {args.throughput_timeout:.0f}s)"
     )
     print(f"  wall time, first submit -> last terminal event  {wall:8.1f} s")
+    if result["recalls"]:
+        recalled = sum(1 for m in result["recalls"].values() if m.startswith("recalled"))
+        print(
+            f"  recalls: {recalled} answered in time, "
+            f"{len(result['recalls']) - recalled} went on without memory (timed out or "
+            "unavailable)"
+        )
     print(f"  tasks/s (completed / wall time)                 {len(completed) / wall:8.1f}")
     print(f"  LLM steps/s (steps of ended tasks / wall time)  {llm_steps / wall:8.1f}")
     if latencies:
@@ -420,7 +434,15 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def _planner_memory(on: bool) -> None:
-    """Restart the stack's planner with memory on or off, unless it already runs so."""
+    """Run the stack with memory on (the memory service up, the planner recalling) or off (the
+    memory service stopped, the planner restarted with ``STEPBUS_PLANNER_MEMORY=false``): off
+    is the stack as it was without memory, nothing recalled and nothing remembered."""
+    if on:
+        stack.up(["memory"])
+    elif stack.status().get("memory"):
+        stack.kill("memory", "TERM")
+        while stack.is_running("memory"):
+            time.sleep(0.1)
     wanted = "true" if on else "false"
     pid = stack.status().get("planner")
     current = "true"
