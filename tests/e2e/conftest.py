@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,10 +25,16 @@ class Stack:
     redis_url: str
 
 
-@pytest.fixture(scope="module")
-async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
-    """scripted model, tool-executor, memory, planner and (when present) gateway, as
-    processes."""
+@contextlib.asynccontextmanager
+async def running_stack(
+    kafka_bootstrap: str,
+    redis_url: str,
+    *,
+    env: dict[str, str] | None = None,
+    gateway: bool = True,
+) -> AsyncIterator[Stack]:
+    """scripted model, tool-executor, memory, planner and (when present and ``gateway``)
+    gateway, as processes under a fresh topic prefix; ``env`` is added to every service's."""
     topics = Topics(unique_prefix())
     await ensure_topics(kafka_bootstrap, topics)
     llm_port = free_port()
@@ -38,6 +45,7 @@ async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
         "OPENAI_BASE_URL": f"http://127.0.0.1:{llm_port}/v1",
         "OPENAI_API_KEY": "scripted-test-double",
         "STEPBUS_MODEL": "stepbus-scripted",
+        **(env or {}),
     }
     ports = {name: free_port() for name in ("tool-executor", "memory", "planner", "gateway")}
     services = [
@@ -71,7 +79,7 @@ async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
         ),
     ]
     gateway_url = None
-    if importlib.util.find_spec("stepbus_gateway.app") is not None:
+    if gateway and importlib.util.find_spec("stepbus_gateway.app") is not None:
         gateway_url = f"http://127.0.0.1:{ports['gateway']}"
         services.append(
             ServiceProcess(
@@ -85,8 +93,17 @@ async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
         for service in services:  # in order: the planner reads the catalog the executor wrote
             service.start()
             await service.wait_ready()
-        yield Stack(topics, kafka_bootstrap, {s.name: s for s in services}, gateway_url, redis_url)
+        yield Stack(
+            topics, kafka_bootstrap, {s.name: s for s in services}, gateway_url, env["REDIS_URL"]
+        )
     finally:
         for service in reversed(services):
             service.stop()
         await delete_topics(kafka_bootstrap, topics.prefix)
+
+
+@pytest.fixture(scope="module")
+async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
+    """The whole stack (see ``running_stack``), shared by the tests of a module."""
+    async with running_stack(kafka_bootstrap, redis_url) as running:
+        yield running
