@@ -200,3 +200,22 @@ async def test_a_truncated_dead_letter_is_redriven_from_its_full_original(
     assert len(report.selected) == 1
     again = [r for r in await read_all(kafka_bootstrap, topics.tasks, 2) if r.offset == 1]
     assert [(r.key, r.value) for r in again] == [(b"huge", original)]
+
+
+async def test_a_record_dead_lettered_by_two_groups_is_redriven_once(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    # Two consumer groups of the same topic (the planner and the memory service both read
+    # `tasks`) each dead-letter the same poison record.
+    async def nothing(event: TaskSubmitted, context: RecordContext) -> Sequence[Emit]:
+        return []
+
+    await produce(kafka_bootstrap, topics.tasks, [(b"junk", b"{not json")])
+    for group in ("g-one", "g-two"):
+        async with running(kafka_bootstrap, topics, nothing, f"{group}-{uuid.uuid4().hex[:6]}"):
+            await read_all(kafka_bootstrap, topics.dlq, 1 if group == "g-one" else 2)
+    report = await redrive(kafka_bootstrap, topics, out=lambda _: None)
+    assert len(report.selected) == 1
+    again = await read_all(kafka_bootstrap, topics.tasks, 2)
+    assert [r.value for r in again] == [b"{not json", b"{not json"]  # the original, once more
+    assert len((await redrive(kafka_bootstrap, topics, out=lambda _: None)).selected) == 0

@@ -24,6 +24,10 @@ is re-driven from its origin: the full record is read back at the partition and 
 headers name (while the origin topic still holds it; otherwise the command fails for it and
 says so), never the truncated copy.
 
+Several consumer groups may dead-letter the same record (the planner and the memory service
+both read ``tasks``); each copy is listed, but the record is re-driven once: the markers are
+also keyed by the origin record.
+
 A crash between the re-publish and its marker re-drives that record again on the next run;
 consumers drop the duplicate by event id (at-least-once, exactly-once effects). Run one
 re-drive at a time per deployment.
@@ -87,6 +91,16 @@ class DeadLetter:
     def marker_key(self) -> bytes:
         """Key of this dead letter's marker in ``dlq.redriven``."""
         return f"{self.partition}:{self.offset}".encode()
+
+    @property
+    def origin_key(self) -> bytes:
+        """Key of the marker of the record it came from: consumers of one topic in several
+        groups (the planner and the memory service read ``tasks``) each dead-letter the same
+        record, and re-driving it once reaches all of them again."""
+        return (
+            f"origin:{self.origin_topic}:{self.header('stepbus.origin.partition')}:"
+            f"{self.header('stepbus.origin.offset')}"
+        ).encode()
 
     def describe(self) -> str:
         """One line for the operator: where it is, where it came from, why it failed."""
@@ -197,12 +211,14 @@ async def redrive(
                 if not select.matches(letter):
                     report.filtered_out += 1
                     continue
-                if letter.marker_key in markers:
+                if letter.marker_key in markers or letter.origin_key in markers:
                     report.already_redriven += 1
                     if mode == "list":
                         out(f"{letter.describe()} [re-driven]")
                     continue
                 report.selected.append(letter)
+                if mode != "list":  # its copies from other groups: not again
+                    markers.add(letter.origin_key)
                 if mode == "redrive":
                     if letter.truncated:
                         letter = await _original(bootstrap_servers, letter)
@@ -256,9 +272,8 @@ async def _redrive_one(publisher: EventPublisher, topics: Topics, letter: DeadLe
     headers.append(("stepbus.redriven-from", source.encode()))
     await publisher.send_raw(letter.origin_topic, letter.value, letter.key, headers)
     marker = {"redriven_to": letter.origin_topic, "at": utcnow().isoformat()}
-    await publisher.send_raw(
-        topics.dlq_redriven, json.dumps(marker).encode(), letter.marker_key, []
-    )
+    for key in (letter.marker_key, letter.origin_key):
+        await publisher.send_raw(topics.dlq_redriven, json.dumps(marker).encode(), key, [])
 
 
 async def _read_topic(

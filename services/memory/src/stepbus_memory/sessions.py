@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from stepbus_contracts import MemoryTurn
 from stepbus_runtime import PayloadStore, clip, iter_latest, topic_partitions
 
-from .journal import ForgetMarker, ForgetMarkerData, SessionRecord, forgotten
+from .journal import ForgetMarker, ForgetMarkerData, SessionRecord, forget_key, forgotten
 
 __all__ = ["SessionMemory"]
 
@@ -50,6 +50,7 @@ class SessionMemory:
         self._ttl = ttl_seconds
         self._max_tasks = max_tasks
         self._whole = asyncio.Event()
+        self._forgotten: dict[str, ForgetMarkerData] = {}  # forgets handled by this process
         self.rebuilds = 0
 
     def _key(self, tenant: str, session_id: str) -> str:
@@ -110,7 +111,12 @@ class SessionMemory:
         return turns
 
     async def forget(self, tenant: str, marker: ForgetMarkerData) -> int:
-        """Delete the turns a forget marker covers; how many tasks' turns went."""
+        """Delete the turns a forget marker covers; how many tasks' turns went.
+
+        The marker is also kept here, so a rebuild running meanwhile (which read the topic's
+        markers before this one was written) does not put the forgotten turns back.
+        """
+        self._forgotten[forget_key(tenant, marker)] = marker
         if marker.scope == "session" and marker.session_id:
             key = self._key(tenant, marker.session_id)
             count = int(await self._redis.hlen(key))
@@ -176,8 +182,12 @@ class SessionMemory:
         kept = 0
         for record in records:
             data = record.data
-            if data.at < horizon or forgotten(
-                record.tenant, data.at, markers, user_id=data.user_id, session_id=data.session_id
+            scope = {"user_id": data.user_id, "session_id": data.session_id}
+            if (
+                data.at < horizon
+                or forgotten(record.tenant, data.at, markers, **scope)
+                # forgets handled while this rebuild runs (after it read the markers)
+                or forgotten(record.tenant, data.at, self._forgotten, **scope)
             ):
                 continue
             await self.add(record)
