@@ -53,6 +53,10 @@ _SOURCE = "urn:stepbus:memory"
 _ID_NAMESPACE = uuid.UUID("8d3b2f1e-4c5a-4b7e-9f60-2a1d3c4e5f60")
 
 
+class _TooLate(Exception):
+    """Nobody waits for this recall any more."""
+
+
 def memory_id(*parts: object) -> str:
     """A memory's id: a UUID (what Qdrant takes) derived from its cause."""
     return str(uuid.uuid5(_ID_NAMESPACE, ":".join(str(p) for p in parts)))
@@ -126,7 +130,10 @@ class MemoryHandlers:
             return await self._remember([item], event)
         if self._too_late(event):
             return []
-        answer = await self._recall(event)
+        try:
+            answer = await self._recall(event)
+        except _TooLate:
+            return []
         if self._too_late(event):  # the planner recorded a timeout meanwhile: first one wins
             return []
         return [Emit(self._topics.planner_history, answer)]
@@ -159,6 +166,8 @@ class MemoryHandlers:
                     wait=self._recall_wait,
                 )
             hits = await self._hits(request) if data.limit else []
+        except _TooLate:
+            raise
         except Exception as exc:  # a store down: the task goes on without memory
             log.warning("recall for %s failed: %s", clip(request.subject, 80), clip(repr(exc)))
             return MemoryRecalled(
@@ -184,6 +193,8 @@ class MemoryHandlers:
 
     async def _hits(self, request: MemoryRecallRequested) -> list[MemoryHit]:
         [vector] = await self._query_embedder.embed([request.data.query])
+        if self._too_late(request):  # the search is the costly part: not for nobody
+            raise _TooLate
         scope = Scope(tenant=request.tenant, user_id=request.data.user_id)
         # Parts of one document chunk are points of their own: ask for more, return each once.
         found = await self._store.search(vector, scope, limit=request.data.limit * 3)

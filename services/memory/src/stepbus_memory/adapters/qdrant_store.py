@@ -87,6 +87,10 @@ class QdrantStore:
         self._timeout = timeout
         self._client: AsyncQdrantClient | None = None
         self._thread: _LoopThread | None = None
+        # Searches go first: a task waits for its recall, nothing waits for a write.
+        self._searching = 0
+        self._no_search = asyncio.Event()
+        self._no_search.set()
         self._starting = asyncio.Lock()
 
     async def start(self) -> None:
@@ -132,6 +136,7 @@ class QdrantStore:
         client = await self._ready()
         for start in range(0, len(points), _UPSERT_BATCH):
             batch = points[start : start + _UPSERT_BATCH]
+            await self._no_search.wait()  # writes yield to waiting searches
             await self._call(partial(client.upsert, self.collection, points=batch, wait=True))
 
     async def search(
@@ -143,15 +148,22 @@ class QdrantStore:
             return []
         self._check_vector(vector)
         client = await self._ready()
-        response = await self._call(
-            lambda: client.query_points(
-                self.collection,
-                query=list(vector),
-                query_filter=_visible_to(scope),
-                limit=limit,
-                with_payload=True,
+        self._searching += 1
+        self._no_search.clear()
+        try:
+            response = await self._call(
+                lambda: client.query_points(
+                    self.collection,
+                    query=list(vector),
+                    query_filter=_visible_to(scope),
+                    limit=limit,
+                    with_payload=True,
+                )
             )
-        )
+        finally:
+            self._searching -= 1
+            if not self._searching:
+                self._no_search.set()
         return [
             ScoredItem(_item(str(p.id), p.payload or {}), max(-1.0, min(1.0, p.score)))
             for p in response.points
