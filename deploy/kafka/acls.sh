@@ -254,11 +254,12 @@ grant_gateway() {
 }
 
 grant_memory() {
-    # Its processor consumes memory.requests, tasks (documents, forget requests) and results
-    # (completed tasks); memory.items and memory.sessions, its journal, are read without a
+    # Its processors consume memory.requests (group <id>: recalls, facts), and tasks
+    # (documents, forget requests) and results (completed tasks) (group <id>-store); memory.items and memory.sessions, its journal, are read without a
     # group to rebuild Redis and reindex Qdrant.
     acl memory literal Read topic:memory.requests topic:tasks topic:results topic:payloads \
-        topic:memory.items topic:memory.sessions "group:$PREFIX$MEMORY_GROUP_ID"
+        topic:memory.items topic:memory.sessions "group:$PREFIX$MEMORY_GROUP_ID" \
+        "group:$PREFIX$MEMORY_GROUP_ID-store"
     # planner.history: its stepbus.memory.recalled answers, on the task's journal.
     acl memory literal Write topic:planner.history topic:memory.items topic:memory.sessions \
         topic:dlq topic:payloads

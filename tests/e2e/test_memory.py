@@ -194,7 +194,7 @@ async def memory_committed(stack: Stack, run: Run) -> None:
 
         record = await wait_until(completion, 30, f"{run.task_id} on results")
     partition = TopicPartition(record.topic, record.partition)
-    group = f"{stack.topics.prefix}stepbus-memory"  # the service's group, under the prefix
+    group = f"{stack.topics.prefix}stepbus-memory-store"  # the group that reads results
     admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
     await admin.start()
     try:

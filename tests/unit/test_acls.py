@@ -142,11 +142,15 @@ def test_the_table_says_who_writes_the_journal_and_the_results() -> None:
 
 
 def test_groups_match_the_services_settings() -> None:
-    groups = {role: (suffix, pattern) for suffix, pattern, role in documented_groups()}
+    groups: dict[str, tuple[str, str]] = {}
+    for suffix, pattern, role in documented_groups():
+        groups.setdefault(role, (suffix, pattern))  # a role's first group: its main one
     prefix = "stepbus."
     assert prefix + groups["planner"][0] == f"{prefix}{PlannerSettings().group_id}"
     assert prefix + groups["tool-executor"][0] == f"{prefix}{ToolExecutorSettings().group_id}"
     assert prefix + groups["memory"][0] == f"{prefix}{MemorySettings().group_id}"
+    memory_groups = [suffix for suffix, _, role in documented_groups() if role == "memory"]
+    assert memory_groups == [MemorySettings().group_id, f"{MemorySettings().group_id}-store"]
     gateway = GatewaySettings(instance_id="replica-1").feed_group_id
     assert groups["gateway"] == ("gateway-", "prefixed")
     assert gateway.startswith(prefix + groups["gateway"][0])
@@ -174,6 +178,7 @@ def test_prefix_principals_and_groups_are_configurable() -> None:
         "prod.stepbus-planner": "prod.planner-blue",
         "prod.stepbus-tool-executor": "prod.executor-blue",
         "prod.stepbus-memory": "prod.memory-blue",
+        "prod.stepbus-memory-store": "prod.memory-blue-store",
         "prod.upstream-": "billing-",
     }
     expected = {

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from .admin import ensure_topics
 from .gctune import tune_gc
@@ -62,6 +62,7 @@ async def run_worker(
     processor: Processor,
     metrics_port: int,
     on_started: Callable[[], Awaitable[None]] | None = None,
+    also: Sequence[Processor] = (),
 ) -> None:
     """Run until SIGTERM/SIGINT: finished work is committed, unfinished work left for others.
 
@@ -71,6 +72,10 @@ async def run_worker(
         processor: The service's processor.
         metrics_port: Port of ``/metrics``, ``/healthz`` and ``/readyz``.
         on_started: Awaited once the publisher is connected, before consuming starts.
+        also: More processors of the service (their own groups, sharing the publisher): run,
+            stopped and reported in ``/readyz`` with ``processor``. A service splits its work
+            this way when one kind must not wait behind another (the memory service answers
+            recalls in a group of their own, apart from the backlog of what it remembers).
     """
     await ensure_topics(
         settings.kafka_bootstrap_servers,
@@ -82,17 +87,36 @@ async def run_worker(
     try:
         if on_started is not None:
             await on_started()
-        server = await serve_health(settings.metrics_host, metrics_port, processor.health)
+        processors = [processor, *also]
+
+        def health() -> tuple[bool, str]:
+            answers = [p.health() for p in processors]
+            bad = [f"{p.name}: {why}" for p, (ok, why) in zip(processors, answers, strict=True)
+                   if not ok]  # fmt: skip
+            return (not bad, "; ".join(bad) or "ready")
+
+        server = await serve_health(settings.metrics_host, metrics_port, health)
         tune_gc()
         loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            for each in processors:
+                each.stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, processor.stop)
+            loop.add_signal_handler(sig, stop)
         log.info(
             "%s started; metrics on %s:%d", processor.name, settings.metrics_host, metrics_port
         )
-        await processor.run()
-        if processor.failed:
-            raise SystemExit(f"{processor.name} stopped: its state could not be restored")
+        runs = [asyncio.create_task(each.run()) for each in processors]
+        done, _ = await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
+        stop()  # one ended (stopped, or failed): the service stops as a whole
+        await asyncio.gather(*runs, return_exceptions=True)
+        for task in done:
+            task.result()  # a processor that crashed makes the service exit with its error
+        failed = [each.name for each in processors if each.failed]
+        if failed:
+            raise SystemExit(f"{', '.join(failed)} stopped: state could not be restored")
     finally:
         if server is not None:
             server.close()

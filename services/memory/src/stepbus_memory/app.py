@@ -73,12 +73,20 @@ async def main(settings: MemorySettings | None = None) -> None:
         chunk_overlap=settings.chunk_overlap,
         query_embedder=embedder.urgent,
     )
-    processor = service_processor(
+    # Two groups: recalls are answered by a processor of their own, so a backlog of things to
+    # remember (a restart after a burst of finished tasks) never holds a waiting task up.
+    requests = service_processor(
         settings,
         name="memory",
         group_id=settings.group_id,
+        routes={topics.memory_requests: Route(memory_requests_adapter, handlers.on_request)},
+        publisher=publisher,
+    )
+    remembering = service_processor(
+        settings,
+        name="memory",
+        group_id=f"{settings.group_id}-store",
         routes={
-            topics.memory_requests: Route(memory_requests_adapter, handlers.on_request),
             topics.results: Route(results_adapter, handlers.on_result),
             topics.tasks: Route(tasks_adapter, handlers.on_task),
         },
@@ -98,7 +106,9 @@ async def main(settings: MemorySettings | None = None) -> None:
         )
 
     try:
-        await run_worker(settings, publisher, processor, settings.metrics_port, started)
+        await run_worker(
+            settings, publisher, requests, settings.metrics_port, started, also=(remembering,)
+        )
     finally:
         if watcher is not None:
             watcher.cancel()

@@ -103,8 +103,9 @@ def _service(name: str, pid: int) -> Service:
         group_id = prefix + (env.get("STEPBUS_TOOL_EXECUTOR_GROUP_ID") or "stepbus-tool-executor")
         group = Group(group_id, (topics.tool_calls,))
     elif name == "memory":
-        group_id = prefix + (env.get("STEPBUS_MEMORY_GROUP_ID") or "stepbus-memory")
-        group = Group(group_id, (topics.memory_requests, topics.results, topics.tasks))
+        # The group of its processor that reads what the fuzz writes (tasks, results).
+        group_id = prefix + (env.get("STEPBUS_MEMORY_GROUP_ID") or "stepbus-memory") + "-store"
+        group = Group(group_id, (topics.results, topics.tasks))
     else:  # GatewaySettings.feed_group_id
         instance = env.get("STEPBUS_GATEWAY_INSTANCE_ID") or f"{socket.gethostname()}-{port}"
         group = Group(f"{prefix}gateway-{instance}", (topics.results,))
