@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.applications import Starlette
 from stepbus_runtime import ensure_topics, service_publisher
 
@@ -35,11 +35,17 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
             publisher = service_publisher(settings, client_id)
             await publisher.start()
             stack.push_async_callback(publisher.stop)
-            redis = Redis.from_url(
-                settings.redis_url,
-                decode_responses=True,
-                socket_timeout=settings.redis_timeout_seconds,
-                socket_connect_timeout=settings.redis_timeout_seconds,
+            # A bounded pool that waits for a free connection: the feed writes up to
+            # max_in_flight records at once, more than redis-py's default pool (100) admits.
+            redis = Redis(
+                connection_pool=BlockingConnectionPool.from_url(
+                    settings.redis_url,
+                    max_connections=64,
+                    timeout=settings.redis_timeout_seconds,
+                    decode_responses=True,
+                    socket_timeout=settings.redis_timeout_seconds,
+                    socket_connect_timeout=settings.redis_timeout_seconds,
+                )
             )
             stack.push_async_callback(redis.aclose)
             projection = TaskProjection(

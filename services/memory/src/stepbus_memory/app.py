@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from stepbus_contracts import memory_requests_adapter, results_adapter, tasks_adapter, utcnow
 from stepbus_runtime import Route, run_worker, service_processor, service_publisher, setup_telemetry
 
@@ -50,8 +50,16 @@ async def main(settings: MemorySettings | None = None) -> None:
     topics = settings.topics
     embedder = BatchingEmbedder(build_embedder(settings), max_batch=settings.embed_batch)
     store = build_store(settings, embedder)
-    redis = Redis.from_url(
-        settings.redis_url, decode_responses=True, socket_timeout=5.0, socket_connect_timeout=5.0
+    # A bounded pool that waits for a free connection (redis-py's default refuses past 100).
+    redis = Redis(
+        connection_pool=BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=32,
+            timeout=5.0,
+            decode_responses=True,
+            socket_timeout=5.0,
+            socket_connect_timeout=5.0,
+        )
     )
     sessions = SessionMemory(
         redis,

@@ -8,7 +8,7 @@ import time
 
 import httpx2
 import openai
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from stepbus_contracts import history_adapter, tasks_adapter, utcnow
 from stepbus_runtime import (
     Emit,
@@ -92,8 +92,18 @@ async def main(settings: PlannerSettings | None = None) -> None:
             timeout=settings.llm_timeout_seconds,
         ),
     )
-    redis = Redis.from_url(
-        settings.redis_url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0
+    # A bounded pool that waits for a free connection: a burst of submissions checks more
+    # event ids at once than redis-py's default pool (100) admits, and a refused check would
+    # be skipped.
+    redis = Redis(
+        connection_pool=BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=32,
+            timeout=5.0,
+            decode_responses=True,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+        )
     )
     event_ids = RedisEventIds(
         redis, namespace=topics.prefix, ttl_seconds=settings.event_id_ttl_seconds
