@@ -581,6 +581,27 @@ async def test_a_cancel_right_after_submission_still_cancels_the_task() -> None:
     assert [type(e) for e in loop.terminals()] == [TaskCancelled]
 
 
+async def test_a_cancel_that_arrives_before_a_queued_step_starts_stops_the_model_call() -> None:
+    """The cancellation's record waits behind the record that asks the model; it arrived
+    first, so the model is not asked (else the cancellation would wait a whole call)."""
+    loop = Loop(calculator_model())
+    [accepted] = await loop.handlers.on_task(submitted(), context(TOPICS.tasks))
+    loop.handlers.inner.on_task_arrival(cancel_request())  # fetched while acceptance is queued
+    assert await loop.deliver(accepted.event) == []  # interrupted: no model call
+    assert loop.model.calls == []
+    outputs = await loop.task(cancel_request())
+    assert [type(o.event) for o in outputs[:2]] == [TaskCancelled, TaskCancelled]
+
+
+async def test_a_cancel_from_another_tenant_does_not_stop_the_model_call() -> None:
+    loop = Loop(calculator_model())
+    [accepted] = await loop.handlers.on_task(submitted(), context(TOPICS.tasks))
+    foreign = cancel_request().model_copy(update={"tenant": "other"})
+    loop.handlers.inner.on_task_arrival(foreign)
+    await loop.pump([accepted])
+    assert [type(e) for e in loop.terminals()] == [TaskCompleted]
+
+
 # -- model failures ---------------------------------------------------------------------------
 
 

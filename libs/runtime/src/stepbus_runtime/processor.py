@@ -277,9 +277,14 @@ class Processor:
         async def run(previous: asyncio.Task[None] | None) -> None:
             if previous is not None:
                 await asyncio.wait([previous])
+            if self._stopping.is_set():
+                return  # timers' work: derived from state, made again after the restart
             try:
                 await self._publish(await work())
-            except Exception:
+            except Exception as exc:
+                if self._stopping.is_set():  # the publisher closed under it: same as above
+                    log.info("%s: work for %s dropped at shutdown: %r", self.name, clip(key), exc)
+                    return
                 log.exception("%s: work for %s failed", self.name, clip(key))
 
         self._enqueue(key.encode(), None, run)

@@ -120,6 +120,7 @@ class PlannerHandlers:
         self._clock = clock
         self._system_prompt = system_prompt or SYSTEM_PROMPT
         self._llm_calls: dict[str, asyncio.Future[ModelTurn]] = {}
+        self._cancelling: set[str] = set()  # tasks whose cancellation arrived, not yet handled
 
     # -- tasks topic ----------------------------------------------------------------------
 
@@ -140,6 +141,7 @@ class PlannerHandlers:
         state = self._store.get(event.subject, event.tenant)
         holder = owner(state)
         if isinstance(event, TaskCancelRequested):
+            self._cancelling.discard(event.subject)
             if holder is None or state.ended:
                 return []  # finished, or never submitted: nothing to cancel
             if holder != event.tenant:
@@ -215,11 +217,15 @@ class PlannerHandlers:
 
     def on_task_arrival(self, event: TaskInput) -> None:
         """A cancellation interrupts the task's running LLM call at once (not after it), if it
-        comes from the task's own tenant."""
+        comes from the task's own tenant; a call that a record queued before it has yet to
+        start is not started (the record would hold the cancellation behind a whole call)."""
         if isinstance(event, TaskCancelRequested):
-            call = self._llm_calls.get(event.subject)
             state = self._store.get(event.subject, event.tenant)
-            if call is not None and owner(state) == event.tenant:
+            if owner(state) != event.tenant or state.ended:
+                return
+            self._cancelling.add(event.subject)
+            call = self._llm_calls.get(event.subject)
+            if call is not None:
                 call.cancel()
 
     async def _check_event_id(self, event: TaskSubmitted | TaskCancelRequested) -> None:
@@ -367,6 +373,8 @@ class PlannerHandlers:
         assert state.task is not None
         if self._store.recorded_decision(state.task_id, step):
             return "recorded"
+        if state.task_id in self._cancelling:
+            return "interrupted"  # its cancellation is queued behind this record
         started = time.perf_counter()
         remaining = (state.task.deadline_at - self._clock()).total_seconds()
         call = asyncio.ensure_future(
@@ -471,6 +479,7 @@ class PlannerHandlers:
         The state records the end at once, so nothing handled after this (a cancellation, a
         late tool outcome) can produce a second terminal event.
         """
+        self._cancelling.discard(state.task_id)
         ended, _ = fold(state, terminal)
         snapshot = self._store.put(ended, partition)
         return [
