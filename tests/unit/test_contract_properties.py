@@ -21,6 +21,16 @@ from stepbus_contracts import (
     MAX_ITERATIONS,
     MAX_TOKEN_BUDGET,
     CloudEvent,
+    CriticPolicy,
+    CriticRound,
+    CriticSummary,
+    CritiqueCompleted,
+    CritiqueCompletedData,
+    CritiqueFailed,
+    CritiqueFailedData,
+    CritiqueFailure,
+    CritiqueRequested,
+    CritiqueRequestedData,
     FailureReason,
     LlmDecided,
     LlmDecidedData,
@@ -125,6 +135,23 @@ memory_hits = st.builds(
     title=st.none() | short_text,
     at=times,
 )
+scores = st.floats(min_value=0, max_value=1)
+critic_policies = st.none() | st.builds(
+    CriticPolicy,
+    enabled=st.booleans(),
+    threshold=scores,
+    max_revisions=st.integers(min_value=0, max_value=10),
+)
+critique_refs = {
+    "kind": st.sampled_from(["answer", "tool_call"]),
+    "step": counts,
+    "call_index": st.none() | st.integers(min_value=0, max_value=50),
+    "model": st.none() | short_text,
+    "usage": usage,
+    "attempts": st.integers(min_value=0, max_value=10),
+    "duration_ms": durations,
+}
+
 tool_call_refs = {
     "step": counts,
     "call_index": st.integers(min_value=0, max_value=50),
@@ -142,13 +169,16 @@ DATA = {
         max_iterations=st.integers(min_value=1, max_value=MAX_ITERATIONS),
         deadline_seconds=st.floats(min_value=0, max_value=MAX_DEADLINE_SECONDS, exclude_min=True),
         token_budget=token_budgets,
+        critic=critic_policies,
         metadata=metadata,
     ),
     TaskCancelRequested: st.builds(TaskCancelRequestedData, reason=short_text),
     TaskProgress: st.builds(
         TaskProgressData,
         step=counts,
-        stage=st.sampled_from(["accepted", "memory", "thought", "action", "observation"]),
+        stage=st.sampled_from(
+            ["accepted", "memory", "thought", "action", "observation", "critique"]
+        ),
         message=short_text,
         tool=st.none() | short_text,
     ),
@@ -162,6 +192,17 @@ DATA = {
         session_id=optional_ids,
         user_id=optional_ids,
         observations=st.lists(short_text, max_size=4),
+        critic=st.none()
+        | st.builds(
+            CriticSummary,
+            judged=st.booleans(),
+            score=st.none() | scores,
+            revisions=st.integers(min_value=0, max_value=10),
+            rounds=st.lists(
+                st.builds(CriticRound, step=counts, score=st.none() | scores, feedback=short_text),
+                max_size=3,
+            ),
+        ),
     ),
     TaskFailed: st.builds(
         TaskFailedData,
@@ -178,6 +219,7 @@ DATA = {
         session_id=optional_ids,
         user_id=optional_ids,
         memory=st.booleans(),
+        critic=critic_policies,
         tools=st.lists(tool_names, max_size=4),
         max_iterations=st.integers(min_value=1, max_value=MAX_ITERATIONS),
         deadline_at=times,
@@ -198,6 +240,7 @@ DATA = {
                 arguments=arguments,
                 arguments_error=st.none() | short_text,
                 llm_call_id=short_text,
+                review=st.booleans(),
             ),
             max_size=3,
         ),
@@ -225,6 +268,36 @@ DATA = {
         error=short_text,
         error_type=short_text,
         attempts=st.integers(min_value=1, max_value=10),
+    ),
+    CritiqueRequested: st.builds(
+        CritiqueRequestedData,
+        kind=st.sampled_from(["answer", "tool_call"]),
+        step=counts,
+        call_index=st.none() | st.integers(min_value=0, max_value=50),
+        round=st.integers(min_value=0, max_value=10),
+        input=st.text(min_size=1, max_size=50),
+        draft=st.none() | short_text,
+        observations=st.lists(short_text, max_size=3),
+        tool=st.none() | short_text,
+        tool_description=st.none() | short_text,
+        arguments=st.none() | arguments,
+        answer_by=st.none() | times,
+    ),
+    CritiqueCompleted: st.builds(
+        CritiqueCompletedData,
+        **critique_refs,
+        score=st.none() | scores,
+        relevance=st.none() | scores,
+        completeness=st.none() | scores,
+        groundedness=st.none() | scores,
+        approved=st.none() | st.booleans(),
+        feedback=short_text,
+    ),
+    CritiqueFailed: st.builds(
+        CritiqueFailedData,
+        **critique_refs,
+        reason=st.sampled_from(get_args(CritiqueFailure)),
+        message=short_text,
     ),
     MemoryRecallRequested: st.builds(
         MemoryRecallRequestedData,

@@ -20,6 +20,7 @@ import regress
 from jsonschema import Draft202012Validator, ValidationError, validators
 from pydantic import TypeAdapter
 from stepbus_contracts import (
+    critic_requests_adapter,
     history_adapter,
     memory_requests_adapter,
     results_adapter,
@@ -41,6 +42,7 @@ CHANNEL_ADAPTERS: dict[str, TypeAdapter[Any]] = {
     "planner_history": history_adapter,
     "tool_calls": tool_calls_adapter,
     "memory_requests": memory_requests_adapter,
+    "critic_requests": critic_requests_adapter,
 }
 """The adapter ``decode`` uses for each AsyncAPI channel."""
 

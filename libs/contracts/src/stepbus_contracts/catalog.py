@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import Field, TypeAdapter
 
+from .critic import CritiqueCompleted, CritiqueFailed, CritiqueRequested
 from .memory import (
     MemoryDocumentAdded,
     MemoryForgetRequested,
@@ -20,6 +21,7 @@ from .tasks import TaskCancelRequested, TaskSubmitted
 from .tools import ToolCallCompleted, ToolCallFailed, ToolCallRequested, ToolRegistered
 
 __all__ = [
+    "CriticCommand",
     "HistoryEvent",
     "JournalEvent",
     "MemoryCommand",
@@ -28,6 +30,7 @@ __all__ = [
     "TaskInputEvent",
     "TerminalEvent",
     "ToolCommand",
+    "critic_requests_adapter",
     "history_adapter",
     "memory_requests_adapter",
     "results_adapter",
@@ -50,6 +53,8 @@ JournalEvent = (
     TaskAccepted
     | MemoryRecalled
     | LlmDecided
+    | CritiqueCompleted
+    | CritiqueFailed
     | ToolCallCompleted
     | ToolCallFailed
     | TaskCompleted
@@ -69,6 +74,9 @@ MemoryCommand = Annotated[
 ]
 """What ``memory.requests`` holds."""
 
+CriticCommand = Annotated[CritiqueRequested, Field(discriminator="type")]
+"""What ``critic.requests`` holds."""
+
 ResultEvent = Annotated[
     TaskProgress | TaskCompleted | TaskFailed | TaskCancelled, Field(discriminator="type")
 ]
@@ -84,4 +92,5 @@ tool_catalog_adapter: TypeAdapter[ToolRegistered] = TypeAdapter(ToolRegistered)
 memory_requests_adapter: TypeAdapter[MemoryRecallRequested | MemoryRememberRequested] = TypeAdapter(
     MemoryCommand
 )
+critic_requests_adapter: TypeAdapter[CritiqueRequested] = TypeAdapter(CriticCommand)
 snapshot_adapter: TypeAdapter[StateSnapshot] = TypeAdapter(StateSnapshot)

@@ -19,7 +19,7 @@ from .limits import (
     MAX_MODEL_NAME_LENGTH,
     MAX_TOOLS,
 )
-from .tasks import Metadata, SessionId, TokenBudget, ToolName
+from .tasks import CriticPolicy, Metadata, SessionId, TokenBudget, ToolName
 
 __all__ = [
     "LlmDecided",
@@ -68,6 +68,11 @@ class TaskAcceptedData(EventData):
         description="Whether the planner recalls memory before the first step (and waits for "
         "`stepbus.memory.recalled`).",
     )
+    critic: CriticPolicy | None = Field(
+        default=None,
+        description="How the final answer is judged, resolved from the task and the "
+        "deployment; null: not judged.",
+    )
     tools: list[ToolName] = Field(
         max_length=MAX_TOOLS,
         description=f"Tools offered to the model (resolved, never null; at most {MAX_TOOLS}).",
@@ -113,6 +118,11 @@ class PlannedToolCall(EventData):
     llm_call_id: str = Field(
         description="The model's own tool_call_id: used only to pair the answer in the "
         "conversation, never as an idempotency key."
+    )
+    review: bool = Field(
+        default=False,
+        description="The tool was marked for review when the call was decided: the critic "
+        "approves or rejects it before it runs.",
     )
 
 

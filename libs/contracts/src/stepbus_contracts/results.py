@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from .critic import CriticSummary
 from .envelope import CloudEvent, EventData
 from .limits import MAX_INPUT_LENGTH
 from .planning import TokenUsage
@@ -47,9 +48,10 @@ class TaskProgressData(EventData):
     """One visible step of a running task."""
 
     step: int = Field(ge=0, description="ReAct step the progress belongs to.")
-    stage: Literal["accepted", "memory", "thought", "action", "observation"] = Field(
+    stage: Literal["accepted", "memory", "thought", "action", "observation", "critique"] = Field(
         description="`accepted`, `memory` (context recalled, or none), `thought` (model text), "
-        "`action` (tool call), `observation` (tool result)."
+        "`action` (tool call), `observation` (tool result), `critique` (a draft judged or a "
+        "tool call reviewed)."
     )
     message: str = Field(description="Human-readable summary.")
     tool: str | None = Field(default=None, description="Tool name for action/observation.")
@@ -84,6 +86,11 @@ class TaskCompletedData(EventData):
         description="The tool results the model saw, in order, each cut to "
         f"{MAX_OBSERVATION_LENGTH:,} characters (at most {MAX_OBSERVATIONS}): what session "
         "memory keeps of the task's work.",
+    )
+    critic: CriticSummary | None = Field(
+        default=None,
+        description="What the critic made of the answer (final score, revisions, each "
+        "round's score); null when the task was not judged.",
     )
 
 

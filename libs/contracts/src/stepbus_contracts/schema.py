@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .critic import CritiqueCompleted, CritiqueFailed, CritiqueRequested
 from .envelope import CloudEvent
 from .limits import EXTENSION_NAME_PATTERN, MAX_ATTRIBUTES
 from .memory import (
@@ -53,6 +54,8 @@ _CHANNELS: tuple[tuple[str, bool, str, tuple[type[CloudEvent], ...]], ...] = (
             TaskAccepted,
             MemoryRecalled,
             LlmDecided,
+            CritiqueCompleted,
+            CritiqueFailed,
             ToolCallCompleted,
             ToolCallFailed,
             TaskCompleted,
@@ -67,6 +70,7 @@ _CHANNELS: tuple[tuple[str, bool, str, tuple[type[CloudEvent], ...]], ...] = (
         "Internal: commands to the memory service.",
         (MemoryRecallRequested, MemoryRememberRequested),
     ),
+    ("critic.requests", False, "Internal: commands to the critic.", (CritiqueRequested,)),
 )
 
 

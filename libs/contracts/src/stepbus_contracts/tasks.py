@@ -21,7 +21,10 @@ from .limits import (
 )
 
 __all__ = [
+    "MAX_REVISIONS",
+    "CriticPolicy",
     "Metadata",
+    "Score",
     "SessionId",
     "TaskCancelRequested",
     "TaskCancelRequestedData",
@@ -30,6 +33,12 @@ __all__ = [
     "TokenBudget",
     "ToolName",
 ]
+
+MAX_REVISIONS = 10
+"""Most revisions a task may ask for."""
+
+Score = Annotated[float, Field(ge=0.0, le=1.0)]
+"""A judgement between 0 (worst) and 1 (best)."""
 
 ToolName = Annotated[str, Field(pattern=TOOL_NAME_PATTERN)]
 """A tool name a task may name (``TOOL_NAME_PATTERN``)."""
@@ -48,6 +57,25 @@ Metadata = Annotated[
     Field(max_length=MAX_METADATA_ENTRIES),
 ]
 """Opaque string labels of a task: a few short names with bounded values."""
+
+
+class CriticPolicy(EventData):
+    """How a task is judged (``critic`` of ``stepbus.task.submitted``; every field optional)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Judge the task's final answer (the deployment's switch can still turn "
+        "the critic off for every task).",
+    )
+    threshold: Score = Field(
+        default=0.7, description="Below this score a draft goes back to the model for revision."
+    )
+    max_revisions: int = Field(
+        default=2,
+        ge=0,
+        le=MAX_REVISIONS,
+        description="Most revisions; then the best-scoring draft is the answer.",
+    )
 
 
 class TaskSubmittedData(EventData):
@@ -89,6 +117,11 @@ class TaskSubmittedData(EventData):
     token_budget: TokenBudget | None = Field(
         default=None,
         description="Most LLM tokens (prompt + completion, all steps) before the task fails.",
+    )
+    critic: CriticPolicy | None = Field(
+        default=None,
+        description="How the critic judges the final answer (`enabled`, `threshold`, "
+        "`max_revisions`); null: the deployment's defaults.",
     )
     metadata: Metadata = Field(
         default_factory=dict,

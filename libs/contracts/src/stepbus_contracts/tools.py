@@ -105,6 +105,11 @@ class ToolRegisteredData(EventData):
     description: str = Field(description="What the tool does, shown to the model.")
     parameters: dict[str, Any] = Field(description="JSON Schema of the arguments object.")
     source: str = Field(default="builtin", description="`builtin` or `mcp:<server>`.")
+    review: bool = Field(
+        default=False,
+        description="Calls to this tool are approved or rejected by the critic before they run "
+        "(set by the operator).",
+    )
 
 
 class ToolRegistered(CloudEvent):

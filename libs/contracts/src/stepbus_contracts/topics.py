@@ -86,6 +86,11 @@ _SPECS: tuple[TopicSpec, ...] = (
         configs=_STATE_TOPIC_CONFIGS,
     ),
     TopicSpec(
+        "critic.requests",
+        "Commands to the critic: judge a draft answer, review a tool call before it runs.",
+        configs={"retention.ms": str(7 * _DAY_MS)},
+    ),
+    TopicSpec(
         "results",
         "Public output: progress and exactly one terminal event per task (CloudEvents).",
         configs={"retention.ms": str(7 * _DAY_MS)},
@@ -164,6 +169,11 @@ class Topics:
     def memory_sessions(self) -> str:
         """The memory service's compacted session turns."""
         return self.name("memory.sessions")
+
+    @property
+    def critic_requests(self) -> str:
+        """Commands to the critic."""
+        return self.name("critic.requests")
 
     @property
     def results(self) -> str:
