@@ -16,6 +16,8 @@ from typing import Any, cast
 import pytest
 from stepbus_contracts import (
     CloudEvent,
+    CriticPolicy,
+    CritiqueRequested,
     LlmDecided,
     TaskAccepted,
     TaskCancelled,
@@ -75,8 +77,15 @@ class ScriptedModel:
 class FakeCatalog:
     """Stands in for ToolCatalog (whose constructor needs Kafka)."""
 
-    def __init__(self, *names: str) -> None:
+    def __init__(self, *names: str, reviewed: Iterable[str] = ()) -> None:
         self._names = set(names)
+        self._reviewed = frozenset(reviewed)
+
+    def reviewed(self) -> frozenset[str]:
+        return self._reviewed
+
+    def description(self, name: str) -> str | None:
+        return f"the {name} tool" if name in self._names else None
 
     def register(self, name: str) -> None:
         self._names.add(name)
@@ -204,10 +213,15 @@ class Loop:
         hold_tool_calls: bool = False,
         executor: Callable[[ToolCallRequested], list[CloudEvent]] = fake_executor,
         memory: bool = False,
+        critic: Callable[[CritiqueRequested], CloudEvent | None] | None = None,
+        reviewed: Iterable[str] = (),
+        critic_policy: CriticPolicy | None = None,
     ) -> None:
         self.model = model
         self.now = NOW
-        self.catalog = FakeCatalog(*catalog)
+        self.catalog = FakeCatalog(*catalog, reviewed=reviewed)
+        self.critic = critic
+        self.critique_requests: list[CritiqueRequested] = []
         self.store = TaskStates("127.0.0.1:1", "t.planner.history", TOPICS.planner_snapshots)
         self.snapshots: list[Emit] = []
         self.handlers = SnapshotsAside(
@@ -220,6 +234,9 @@ class Loop:
                 clock=lambda: self.now,
                 memory=memory,
                 recall_timeout_seconds=0.0 if memory else 2.0,
+                critic=critic is not None,
+                critic_policy=critic_policy,
+                critique_timeout_seconds=0.0,
             ),
             self.snapshots,
         )
@@ -264,6 +281,12 @@ class Loop:
                     queue.extend(Emit(TOPICS.planner_history, e) for e in self.executor(emit.event))
             elif emit.topic == TOPICS.memory_requests:
                 self.recall_requests.append(emit.event)  # answered by the test, if at all
+            elif emit.topic == TOPICS.critic_requests:
+                assert isinstance(emit.event, CritiqueRequested) and self.critic is not None
+                self.critique_requests.append(emit.event)
+                verdict = self.critic(emit.event)  # None: held (answered by the test, if at all)
+                if verdict is not None:
+                    queue.append(Emit(TOPICS.planner_history, verdict))
             else:
                 assert emit.topic == TOPICS.results, emit.topic
 

@@ -42,17 +42,30 @@ async def sweep(
     settings: PlannerSettings,
 ) -> None:
     """End tasks whose deadline passed while nothing arrived for them (a tool never answered),
-    let tasks whose recall did not come in time go on without memory, and (every minute at
-    most) forget tasks ended longer ago than the retention. All run in the task's own queue."""
+    let tasks whose recall did not come in time go on without memory, record critiques that
+    did not come in time, and (every minute at most) forget tasks ended longer ago than the
+    retention. All run in the task's own queue."""
     retention = settings.ended_task_retention_seconds
     forget_every = min(60.0, retention / 4)
     next_forget = time.monotonic() + forget_every
-    pause = min(settings.deadline_sweep_seconds, settings.recall_timeout_seconds / 4)
+    pause = min(
+        settings.deadline_sweep_seconds,
+        settings.recall_timeout_seconds / 4,
+        settings.critique_timeout_seconds / 4,
+    )
     while True:
         await asyncio.sleep(pause)
         for waiting in handlers.recalls_overdue():
             task_id, tenant = waiting.task_id, waiting.tenant
             processor.submit(task_id, lambda t=task_id, n=tenant: handlers.recall_timed_out(t, n))
+        for state, kind, step, call in handlers.critiques_overdue():
+            task_id, tenant = state.task_id, state.tenant
+            processor.submit(
+                task_id,
+                lambda t=task_id, n=tenant, k=kind, s=step, c=call: handlers.critique_timed_out(
+                    t, n, k, s, c
+                ),
+            )
         now = utcnow()
         for state in states.running():
             if state.task is not None and now >= state.task.deadline_at:
@@ -129,6 +142,9 @@ async def main(settings: PlannerSettings | None = None) -> None:
         memory=settings.memory,
         recall_limit=settings.recall_limit,
         recall_timeout_seconds=settings.recall_timeout_seconds,
+        critic=settings.critic,
+        critic_policy=settings.critic_policy(),
+        critique_timeout_seconds=settings.critique_timeout_seconds,
     )
     processor = service_processor(
         settings,

@@ -30,6 +30,15 @@ class ToolCatalog:
         """Names of the registered tools."""
         return set(self._tools)
 
+    def reviewed(self) -> frozenset[str]:
+        """Names of the tools whose calls the critic approves before they run."""
+        return frozenset(name for name, tool in self._tools.items() if tool.review)
+
+    def description(self, name: str) -> str | None:
+        """What a registered tool does, as the model is told."""
+        tool = self._tools.get(name)
+        return tool.description if tool is not None else None
+
     def specs(self, names: list[str]) -> list[dict[str, Any]]:
         """OpenAI function-tool definitions for the named (registered) tools."""
         return [

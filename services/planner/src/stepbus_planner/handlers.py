@@ -12,12 +12,24 @@ from typing import Literal
 
 from pydantic import ValidationError
 from stepbus_contracts import (
+    MAX_DRAFT_LENGTH,
+    MAX_OBSERVATION_LENGTH,
+    MAX_OBSERVATIONS,
     CloudEvent,
+    CriticPolicy,
+    CritiqueCompleted,
+    CritiqueCompletedData,
+    CritiqueFailed,
+    CritiqueFailedData,
+    CritiqueKind,
+    CritiqueRequested,
+    CritiqueRequestedData,
     LlmDecided,
     MemoryRecalled,
     MemoryRecalledData,
     MemoryRecallRequested,
     MemoryRecallRequestedData,
+    PlannedToolCall,
     TaskAccepted,
     TaskAcceptedData,
     TaskCancelled,
@@ -51,13 +63,15 @@ from .react import (
     Dispatch,
     Fail,
     Finish,
+    Judge,
     Recall,
     conversation,
     decision_from_turn,
     next_move,
     observations,
+    out_of_budget,
 )
-from .state import HistoryEventT, TaskState, fold
+from .state import HistoryEventT, TaskState, critique_key, fold
 from .store import TaskStates
 from .trust import owner, refusal
 
@@ -88,6 +102,11 @@ class PlannerHandlers:
         memory: Whether tasks accepted from now on recall memory before step 0.
         recall_limit: Most long-term memories a recall asks for.
         recall_timeout_seconds: How long a task waits for its recall before going on without.
+        critic: The deployment's switch: whether tasks accepted from now on may be judged
+            (a task can still opt out with ``critic.enabled: false``).
+        critic_policy: The threshold and revisions of a task that does not set its own.
+        critique_timeout_seconds: How long a task waits for a verdict; then a draft is the
+            answer unjudged, and a reviewed call is not run.
     """
 
     def __init__(
@@ -105,7 +124,14 @@ class PlannerHandlers:
         memory: bool = False,
         recall_limit: int = 5,
         recall_timeout_seconds: float = 2.0,
+        critic: bool = False,
+        critic_policy: CriticPolicy | None = None,
+        critique_timeout_seconds: float = 30.0,
     ) -> None:
+        self._critic = critic
+        self._critic_policy = critic_policy or CriticPolicy()
+        self._critique_timeout = critique_timeout_seconds
+        self._critiques: dict[tuple[str, str], float] = {}  # (task, critique key) -> asked at
         self._event_ids = event_ids
         self._memory = memory
         self._recall_limit = recall_limit
@@ -187,6 +213,7 @@ class PlannerHandlers:
                     session_id=task.session_id,
                     user_id=task.user_id,
                     memory=self._memory,
+                    critic=self._resolve_critic(task.critic),
                     tools=tools,
                     max_iterations=task.max_iterations,
                     deadline_at=self._clock() + timedelta(seconds=task.deadline_seconds),
@@ -214,6 +241,16 @@ class PlannerHandlers:
             state.model_copy(update={"submitted_id": event.id}), context.partition
         )
         return [Emit(self._topics.planner_history, accepted), *snapshot]
+
+    def _resolve_critic(self, asked: CriticPolicy | None) -> CriticPolicy | None:
+        """The critic policy a task runs with: None when the deployment or the task turns the
+        critic off; the task's own threshold and revisions when it gives them."""
+        if not self._critic or (asked is not None and not asked.enabled):
+            return None
+        if asked is None:
+            return self._critic_policy
+        given = asked.model_fields_set & {"threshold", "max_revisions"}
+        return self._critic_policy.model_copy(update={k: getattr(asked, k) for k in given})
 
     def on_task_arrival(self, event: TaskInput) -> None:
         """A cancellation interrupts the task's running LLM call at once (not after it), if it
@@ -292,6 +329,8 @@ class PlannerHandlers:
             cause, move = decided, next_move(state, decided, self._clock())
         if isinstance(move, Recall):
             outputs.append(self._recall(state, cause))
+        elif isinstance(move, Judge):
+            outputs.extend(self._judge(state, cause, move.step))
         elif isinstance(move, Dispatch):
             outputs.extend(self._dispatch(state, cause, move))
         elif isinstance(move, Finish | Fail):
@@ -358,8 +397,9 @@ class PlannerHandlers:
         cause = TaskAccepted(
             id=state.task.submitted_id, subject=task_id, tenant=tenant, data=state.task
         )
-        message = f"deadline passed at {state.task.deadline_at.isoformat()}"
-        return self._end(state, None, self._terminal(state, cause, Fail("deadline", message)))
+        move = out_of_budget(state, self._clock())
+        assert move is not None
+        return self._end(state, None, self._terminal(state, cause, move))
 
     async def _ask_model(
         self, state: TaskState, cause: CloudEvent, step: int, context: RecordContext
@@ -400,7 +440,9 @@ class PlannerHandlers:
         finally:
             if self._llm_calls.get(state.task_id) is call:
                 del self._llm_calls[state.task_id]
-        decision = decision_from_turn(step, turn, (time.perf_counter() - started) * 1000)
+        decision = decision_from_turn(
+            step, turn, (time.perf_counter() - started) * 1000, self._catalog.reviewed()
+        )
         return LlmDecided(**_envelope(cause, "decided", step), data=decision)
 
     def _dispatch(self, state: TaskState, cause: CloudEvent, move: Dispatch) -> list[Emit]:
@@ -424,6 +466,14 @@ class PlannerHandlers:
                 )
                 outputs.append(Emit(self._topics.planner_history, failed, stage=_EFFECT))
                 continue
+            if call.review:
+                verdict = state.critique("tool_call", move.step, call.call_index)
+                if verdict is None:  # the critic approves or rejects it first
+                    outputs.extend(self._review(state, cause, move.step, call))
+                    continue
+                if not (isinstance(verdict, CritiqueCompletedData) and verdict.approved):
+                    outputs.append(self._rejected(cause, ref, key, verdict))
+                    continue
             request = ToolCallRequested(
                 **_envelope(cause, "call", call.call_index),
                 data=ToolCallRequestedData(
@@ -437,6 +487,143 @@ class PlannerHandlers:
             )
             outputs.append(Emit(self._topics.tool_calls, request, stage=_EFFECT))
         return outputs
+
+    def _judge(self, state: TaskState, cause: CloudEvent, step: int) -> list[Emit]:
+        """Ask the critic to judge the draft of ``step``."""
+        assert state.task is not None
+        draft = state.decisions[step].content or ""
+        request = CritiqueRequested(
+            **_envelope(cause, "critique"),
+            data=CritiqueRequestedData(
+                kind="answer",
+                step=step,
+                round=state.revisions,
+                input=state.task.input,
+                draft=draft[:MAX_DRAFT_LENGTH],
+                observations=_grounds(state),
+                answer_by=self._asked(state, "answer", step),
+            ),
+        )
+        progress = TaskProgressData(
+            step=step,
+            stage="critique",
+            message=f"the critic judges the answer (round {state.revisions + 1})",
+        )
+        return [
+            Emit(self._topics.critic_requests, request, stage=_EFFECT),
+            Emit(self._topics.results, _progress_event(cause, "judging", progress), stage=_EFFECT),
+        ]
+
+    def _review(
+        self, state: TaskState, cause: CloudEvent, step: int, call: PlannedToolCall
+    ) -> list[Emit]:
+        """Ask the critic to approve or reject a call to a reviewed tool before it runs."""
+        assert state.task is not None
+        request = CritiqueRequested(
+            **_envelope(cause, "review", call.call_index),
+            data=CritiqueRequestedData(
+                kind="tool_call",
+                step=step,
+                call_index=call.call_index,
+                input=state.task.input,
+                observations=_grounds(state),
+                tool=call.name,
+                tool_description=(self._catalog.description(call.name) or "")[:4_000],
+                arguments=call.arguments,
+                answer_by=self._asked(state, "tool_call", step, call.call_index),
+            ),
+        )
+        progress = TaskProgressData(
+            step=step,
+            stage="critique",
+            message=f"the critic reviews {call.name} before it runs",
+            tool=call.name,
+        )
+        return [
+            Emit(self._topics.critic_requests, request, stage=_EFFECT),
+            Emit(
+                self._topics.results,
+                _progress_event(cause, "reviewing", progress, call.call_index),
+                stage=_EFFECT,
+            ),
+        ]
+
+    def _rejected(
+        self,
+        cause: CloudEvent,
+        ref: dict[str, object],
+        key: str,
+        verdict: CritiqueCompletedData | CritiqueFailedData,
+    ) -> Emit:
+        """The answer to a reviewed call that will not run: the model reads why."""
+        if isinstance(verdict, CritiqueCompletedData):
+            error = f"rejected by review: {verdict.feedback or 'no reason given'}"
+            error_type = "denied"
+        else:
+            error = f"not run: its review failed ({verdict.reason}); try another way"
+            error_type = "unavailable"
+        failed = ToolCallFailed(
+            **_envelope(cause, "call", ref["call_index"]),
+            data=ToolCallFailedData(
+                **ref,  # type: ignore[arg-type]
+                idempotency_key=key,
+                error=clip(error, 2_000),
+                error_type=error_type,
+            ),
+        )
+        return Emit(self._topics.planner_history, failed, stage=_EFFECT)
+
+    def _asked(
+        self, state: TaskState, kind: CritiqueKind, step: int, call_index: int | None = None
+    ) -> datetime:
+        """Note when a critique was asked; the instant after which nobody waits for it."""
+        key = critique_key(kind, step, call_index)
+        self._critiques[(state.task_id, key)] = time.monotonic()
+        return self._clock() + timedelta(seconds=self._critique_timeout)
+
+    def critiques_overdue(self) -> list[tuple[TaskState, CritiqueKind, int, int | None]]:
+        """Critiques asked more than the critique timeout ago with no verdict yet.
+
+        One found waiting that this replica did not ask for (restored after a restart) is
+        given the whole timeout from now.
+        """
+        now = time.monotonic()
+        overdue = []
+        waiting: set[tuple[str, str]] = set()
+        for state in self._store.running():
+            for kind, step, call_index in state.pending_critiques:
+                key = (state.task_id, critique_key(kind, step, call_index))
+                waiting.add(key)
+                if now - self._critiques.setdefault(key, now) >= self._critique_timeout:
+                    overdue.append((state, kind, step, call_index))
+        for key in set(self._critiques) - waiting:
+            del self._critiques[key]
+        return overdue
+
+    async def critique_timed_out(
+        self, task_id: str, tenant: str, kind: CritiqueKind, step: int, call_index: int | None
+    ) -> Sequence[Emit]:
+        """Record that no verdict came in time: a draft is the answer unjudged, a reviewed
+        call does not run."""
+        state = self._store.get(task_id, tenant)
+        if state.task is None or (kind, step, call_index) not in state.pending_critiques:
+            return []
+        self._critiques.pop((task_id, critique_key(kind, step, call_index)), None)
+        timed_out = CritiqueFailed(
+            id=derive_id(state.task.submitted_id, "critique", kind, step, call_index, "timed_out"),
+            source=_SOURCE,
+            subject=task_id,
+            tenant=state.tenant,
+            data=CritiqueFailedData(
+                kind=kind,
+                step=step,
+                call_index=call_index,
+                attempts=0,
+                reason="timed_out",
+                message=f"no verdict within {self._critique_timeout:g}s",
+            ),
+        )
+        return [Emit(self._topics.planner_history, timed_out)]
 
     def _terminal(
         self, state: TaskState, cause: CloudEvent, move: Finish | Fail
@@ -455,6 +642,7 @@ class PlannerHandlers:
                     session_id=task.session_id if task else None,
                     user_id=task.user_id if task else None,
                     observations=observations(state),
+                    critic=move.critic,
                 ),
             )
         return TaskFailed(
@@ -523,6 +711,8 @@ def _progress(event: HistoryEventT) -> list[TaskProgress]:
                     step=data.step, stage="action", message=f"{call.name}({args})", tool=call.name
                 )
             )
+    elif isinstance(event, CritiqueCompleted | CritiqueFailed):
+        items.append(_critique_progress(event))
     elif isinstance(event, ToolCallCompleted):
         items.append(
             TaskProgressData(
@@ -545,3 +735,35 @@ def _progress(event: HistoryEventT) -> list[TaskProgress]:
         TaskProgress(**_envelope(event, "progress", index), data=item)
         for index, item in enumerate(items)
     ]
+
+
+def _critique_progress(event: CritiqueCompleted | CritiqueFailed) -> TaskProgressData:
+    data = event.data
+    if isinstance(data, CritiqueFailedData):
+        what = "draft" if data.kind == "answer" else "review"
+        message = f"no verdict on the {what} ({data.reason}): {data.message}"
+    elif data.kind == "answer":
+        message = f"the critic scored the answer {data.score or 0.0:.2f}"
+        if data.feedback:
+            message += f": {data.feedback}"
+    else:
+        message = ("approved" if data.approved else "rejected") + " by review"
+        if data.feedback:
+            message += f": {data.feedback}"
+    return TaskProgressData(step=data.step, stage="critique", message=clip(message, 1_000))
+
+
+def _progress_event(
+    cause: CloudEvent, what: str, data: TaskProgressData, *parts: object
+) -> TaskProgress:
+    return TaskProgress(**_envelope(cause, "progress", what, *parts), data=data)
+
+
+def _grounds(state: TaskState) -> list[str]:
+    """What a draft may rest on: the tool results the model saw, then recalled memory."""
+    grounds = observations(state)
+    recall = state.recall
+    if recall is not None and recall.status == "recalled":
+        grounds += [f"memory: {turn.role}: {turn.content}" for turn in recall.turns]
+        grounds += [f"memory: {hit.text}" for hit in recall.hits]
+    return [g[:MAX_OBSERVATION_LENGTH] for g in grounds[-MAX_OBSERVATIONS:]]

@@ -8,8 +8,14 @@ from datetime import datetime
 from typing import Any
 
 from stepbus_contracts import (
+    MAX_FEEDBACK_LENGTH,
     MAX_OBSERVATION_LENGTH,
     MAX_OBSERVATIONS,
+    CriticRound,
+    CriticSummary,
+    CritiqueCompleted,
+    CritiqueCompletedData,
+    CritiqueFailed,
     FailureReason,
     LlmDecided,
     LlmDecidedData,
@@ -26,18 +32,25 @@ from .ports import ModelTurn
 from .state import HistoryEventT, TaskState
 
 __all__ = [
+    "REVISION_PREFIX",
     "AskModel",
     "Dispatch",
     "Fail",
     "Finish",
+    "Judge",
     "Move",
     "Recall",
     "Wait",
+    "best_draft",
     "conversation",
     "decision_from_turn",
     "next_move",
     "observations",
+    "revision_message",
 ]
+
+REVISION_PREFIX = "Reviewer feedback"
+"""How the turn that sends a draft back for revision begins."""
 
 SYSTEM_PROMPT = (
     "You are a careful assistant. Use the tools offered when they help; never guess a result "
@@ -66,10 +79,18 @@ class Dispatch:
 
 
 @dataclass(frozen=True)
+class Judge:
+    """Ask the critic to judge the draft answer of ``step``."""
+
+    step: int
+
+
+@dataclass(frozen=True)
 class Finish:
-    """End the task with the model's answer."""
+    """End the task with the model's answer (and what the critic made of it)."""
 
     output: str
+    critic: CriticSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -85,27 +106,25 @@ class Wait:
     """Nothing to do until more events arrive."""
 
 
-Move = Recall | AskModel | Dispatch | Finish | Fail | Wait
+Move = Recall | AskModel | Dispatch | Judge | Finish | Fail | Wait
 
 
 def next_move(state: TaskState, trigger: HistoryEventT, now: datetime) -> Move:
     """What the planner does after folding ``trigger`` into ``state``.
 
-    Budgets are checked first; then the trigger decides: an accepted task recalls its memory
-    (when it has memory) or asks the model for step 0, a recorded recall asks for step 0, a
-    recorded decision is dispatched (or is the final answer), and the last missing tool
-    outcome of the current step asks the model for the next step.
+    Budgets are checked first (a task out of budget with a draft in hand ends with its best
+    draft); then the trigger decides: an accepted task recalls its memory (when it has memory)
+    or asks the model for step 0, a recorded recall asks for step 0, a recorded decision is
+    dispatched, or is a draft that the critic judges (when the task is judged) or the final
+    answer; a verdict on a draft ends the task or sends the draft back for revision; a verdict
+    on a reviewed call dispatches it (or answers the model with the rejection); and the last
+    missing tool outcome of the current step asks the model for the next step.
     """
     task = state.task
     if task is None or state.ended:
         return Wait()
-    if now >= task.deadline_at:
-        return Fail("deadline", f"deadline passed at {task.deadline_at.isoformat()}")
-    if task.token_budget is not None and state.usage.total_tokens > task.token_budget:
-        return Fail(
-            "token_budget",
-            f"used {state.usage.total_tokens} tokens, budget is {task.token_budget}",
-        )
+    if (over := out_of_budget(state, now)) is not None:
+        return over
     if isinstance(trigger, TaskAccepted):
         return Recall() if state.awaiting_recall else AskModel(0)
     if isinstance(trigger, MemoryRecalled):
@@ -114,18 +133,102 @@ def next_move(state: TaskState, trigger: HistoryEventT, now: datetime) -> Move:
         decision = trigger.data
         if decision.tool_calls:
             return Dispatch(decision.step, decision.tool_calls)
+        if task.critic is not None:
+            return Judge(decision.step)
         return Finish(decision.content or "")
+    if isinstance(trigger, CritiqueCompleted | CritiqueFailed):
+        return _after_critique(state, trigger)
     if isinstance(trigger, ToolCallCompleted | ToolCallFailed):
         step = trigger.data.step
         if step != state.step or not state.step_complete(step):
             return Wait()
-        if step + 1 >= task.max_iterations:
+        if step + 1 >= state.step_limit:
             return Fail(
                 "max_iterations",
                 f"no final answer after {task.max_iterations} steps (max_iterations)",
             )
         return AskModel(step + 1)
     return Wait()
+
+
+def out_of_budget(state: TaskState, now: datetime) -> Finish | Fail | None:
+    """How a task past its deadline or token budget ends: with its best draft when the critic
+    has one in hand (a revision ran out of budget), else failed. None: within budget."""
+    task = state.task
+    assert task is not None
+    if now >= task.deadline_at:
+        reason: FailureReason = "deadline"
+        message = f"deadline passed at {task.deadline_at.isoformat()}"
+    elif task.token_budget is not None and state.usage.total_tokens > task.token_budget:
+        reason = "token_budget"
+        message = f"used {state.usage.total_tokens} tokens, budget is {task.token_budget}"
+    else:
+        return None
+    drafts = [s for s in state.decisions if state.is_draft(s)]
+    if drafts:
+        return best_draft(state)
+    return Fail(reason, message)
+
+
+def _after_critique(state: TaskState, trigger: CritiqueCompleted | CritiqueFailed) -> Move:
+    verdict = trigger.data
+    if verdict.step != state.step:
+        return Wait()  # a late verdict of an earlier step: nothing waits for it
+    if verdict.kind == "tool_call":
+        decision = state.decisions[verdict.step]
+        calls = [c for c in decision.tool_calls if c.call_index == verdict.call_index]
+        return Dispatch(verdict.step, calls)
+    policy = state.task.critic if state.task else None
+    if (
+        policy is not None
+        and isinstance(verdict, CritiqueCompletedData)
+        and (verdict.score or 0.0) < policy.threshold
+        and state.revisions < policy.max_revisions
+    ):
+        return AskModel(verdict.step + 1)
+    return best_draft(state)
+
+
+def best_draft(state: TaskState) -> Finish:
+    """The answer a judged task ends with: the best-scoring draft (the later one of equal
+    scores), or the latest draft when its critique failed (unjudged)."""
+    drafts = sorted(s for s in state.decisions if state.is_draft(s))
+    last = drafts[-1]
+    if state.task is None or state.task.critic is None:
+        return Finish(state.decisions[last].content or "")
+    rounds = []
+    for step in drafts:
+        critique = state.critique("answer", step)
+        if critique is None:
+            continue
+        score = critique.score if isinstance(critique, CritiqueCompletedData) else None
+        feedback = critique.feedback if isinstance(critique, CritiqueCompletedData) else ""
+        rounds.append(CriticRound(step=step, score=score, feedback=feedback))
+    final = state.critique("answer", last)
+    if not isinstance(final, CritiqueCompletedData) or final.score is None:
+        chosen, score, judged = last, None, False
+    else:
+        scored = [(r.score, r.step) for r in rounds if r.score is not None]
+        score, chosen = max(scored)
+        judged = True
+    summary = CriticSummary(
+        judged=judged,
+        score=score,
+        revisions=sum(1 for r in rounds if r.step < last),
+        rounds=rounds,
+    )
+    return Finish(state.decisions[chosen].content or "", summary)
+
+
+def revision_message(critique: CritiqueCompletedData, threshold: float) -> str:
+    """The turn that sends a draft back to the model with the critic's feedback."""
+    feedback = critique.feedback.strip() or "the answer is not good enough"
+    return (
+        f"{REVISION_PREFIX} on your answer (score {critique.score or 0.0:.2f} of 1, below "
+        f"{threshold:.2f}): {feedback[:MAX_FEEDBACK_LENGTH]}\n"
+        "Revise your answer: use the tools if you need to, and reply with the whole corrected "
+        "answer."
+    )
 
 
 def conversation(state: TaskState, system_prompt: str = SYSTEM_PROMPT) -> list[dict[str, Any]]:
@@ -148,6 +251,10 @@ def conversation(state: TaskState, system_prompt: str = SYSTEM_PROMPT) -> list[d
                 for call in decision.tool_calls
             ]
         messages.append(assistant)
+        critique = state.critique("answer", step) if not decision.tool_calls else None
+        if isinstance(critique, CritiqueCompletedData) and state.task.critic is not None:
+            threshold = state.task.critic.threshold
+            messages.append({"role": "user", "content": revision_message(critique, threshold)})
         for call in decision.tool_calls:
             outcome = state.outcome(step, call.call_index)
             if outcome is None:
@@ -161,8 +268,11 @@ def conversation(state: TaskState, system_prompt: str = SYSTEM_PROMPT) -> list[d
     return messages
 
 
-def decision_from_turn(step: int, turn: ModelTurn, duration_ms: float) -> LlmDecidedData:
-    """Record a model turn; tool arguments are decoded here, once."""
+def decision_from_turn(
+    step: int, turn: ModelTurn, duration_ms: float, reviewed: frozenset[str] = frozenset()
+) -> LlmDecidedData:
+    """Record a model turn; tool arguments are decoded here, once, and calls to the tools in
+    ``reviewed`` are marked for review (decided once: a replay reviews what was marked)."""
     calls = []
     for index, call in enumerate(turn.tool_calls):
         arguments: dict[str, Any] = {}
@@ -182,6 +292,7 @@ def decision_from_turn(step: int, turn: ModelTurn, duration_ms: float) -> LlmDec
                 arguments=arguments,
                 arguments_error=error,
                 llm_call_id=call.id or f"call_{step}_{index}",
+                review=call.name in reviewed,
             )
         )
     return LlmDecidedData(

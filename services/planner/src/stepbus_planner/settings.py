@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
-from stepbus_contracts import MAX_DEADLINE_SECONDS, MAX_MODEL_NAME_LENGTH
+from stepbus_contracts import MAX_DEADLINE_SECONDS, MAX_MODEL_NAME_LENGTH, CriticPolicy
 from stepbus_runtime import ServiceSettings
 
 __all__ = ["PlannerSettings"]
@@ -82,3 +82,35 @@ class PlannerSettings(ServiceSettings):
     recall_limit: int = Field(
         default=5, ge=0, le=50, description="Most long-term memories recalled per task."
     )
+    critic: bool = Field(
+        default=True,
+        description="The deployment's switch for the critic: when false no task is judged "
+        "(whatever its `critic` object says); when true a task is judged unless it sets "
+        "`critic.enabled: false`.",
+    )
+    critic_threshold: float = Field(
+        default=0.7,
+        ge=0,
+        le=1,
+        description="Score below which a draft goes back for revision, for tasks that do not "
+        "set `critic.threshold`.",
+    )
+    critic_max_revisions: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Most revisions, for tasks that do not set `critic.max_revisions`.",
+    )
+    critique_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How long a task waits for the critic's verdict; then a draft is the answer "
+        "(marked unjudged) and a reviewed tool call is not run.",
+    )
+
+    def critic_policy(self) -> CriticPolicy:
+        """The critic policy of tasks that do not give their own."""
+        return CriticPolicy(
+            threshold=self.critic_threshold, max_revisions=self.critic_max_revisions
+        )

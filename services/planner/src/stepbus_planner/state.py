@@ -15,6 +15,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 from stepbus_contracts import (
+    CritiqueCompleted,
+    CritiqueCompletedData,
+    CritiqueFailed,
+    CritiqueFailedData,
+    CritiqueKind,
     JournalEvent,
     LlmDecided,
     LlmDecidedData,
@@ -29,9 +34,17 @@ from stepbus_contracts import (
     ToolCallFailedData,
 )
 
-__all__ = ["HistoryEventT", "TaskState", "fold"]
+__all__ = ["Critique", "HistoryEventT", "TaskState", "critique_key", "fold"]
 
 HistoryEventT = JournalEvent
+
+Critique = CritiqueCompletedData | CritiqueFailedData
+"""A recorded critique: a verdict, or why there is none."""
+
+
+def critique_key(kind: CritiqueKind, step: int, call_index: int | None = None) -> str:
+    """Where a critique is recorded: ``answer:<step>`` or ``tool_call:<step>:<call_index>``."""
+    return f"answer:{step}" if kind == "answer" else f"tool_call:{step}:{call_index or 0}"
 
 
 class TaskState(BaseModel):
@@ -52,6 +65,10 @@ class TaskState(BaseModel):
     )
     decisions: dict[int, LlmDecidedData] = Field(default_factory=dict)
     outcomes: dict[str, ToolCallCompletedData | ToolCallFailedData] = Field(default_factory=dict)
+    critiques: dict[str, Critique] = Field(
+        default_factory=dict,
+        description="The critic's verdicts (or failures), by `critique_key`.",
+    )
     terminal: str | None = Field(default=None, description="Type of the terminal event, if any.")
 
     @property
@@ -77,11 +94,56 @@ class TaskState(BaseModel):
 
     @property
     def usage(self) -> TokenUsage:
-        """Tokens used by all recorded decisions."""
+        """Tokens used by all recorded decisions and critiques (the judge's tokens are spent
+        for the task too)."""
         total = TokenUsage()
         for decision in self.decisions.values():
             total = total + decision.usage
+        for critique in self.critiques.values():
+            total = total + critique.usage
         return total
+
+    @property
+    def revisions(self) -> int:
+        """Drafts sent back to the model: judged answers with a later step after them."""
+        last = self.step
+        return sum(1 for c in self.critiques.values() if c.kind == "answer" and c.step < last)
+
+    @property
+    def step_limit(self) -> int:
+        """Steps the task may take: ``max_iterations``, plus one per revision (revisions do not
+        count against ``max_iterations``)."""
+        return (self.task.max_iterations if self.task else 0) + self.revisions
+
+    def is_draft(self, step: int) -> bool:
+        """True when the decision at ``step`` is a final answer (no tool calls)."""
+        decision = self.decisions.get(step)
+        return decision is not None and not decision.tool_calls
+
+    def critique(
+        self, kind: CritiqueKind, step: int, call_index: int | None = None
+    ) -> Critique | None:
+        """The recorded critique of a draft or of a reviewed call."""
+        return self.critiques.get(critique_key(kind, step, call_index))
+
+    @property
+    def pending_critiques(self) -> list[tuple[CritiqueKind, int, int | None]]:
+        """Critiques the task waits for: of its latest draft (when judged), and of each
+        reviewed call of its latest step that has neither a verdict nor an outcome."""
+        if self.task is None or self.ended or not self.decisions:
+            return []
+        step = self.step
+        decision = self.decisions[step]
+        if not decision.tool_calls:
+            judged = self.task.critic is not None
+            return [("answer", step, None)] if judged and not self.critique("answer", step) else []
+        return [
+            ("tool_call", step, call.call_index)
+            for call in decision.tool_calls
+            if call.review
+            and self.critique("tool_call", step, call.call_index) is None
+            and self.outcome(step, call.call_index) is None
+        ]
 
     def outcome(
         self, step: int, call_index: int
@@ -113,6 +175,11 @@ def fold(state: TaskState, event: HistoryEventT) -> tuple[TaskState, bool]:
         return state.model_copy(
             update={"decisions": {**state.decisions, event.data.step: event.data}}
         ), True
+    if isinstance(event, CritiqueCompleted | CritiqueFailed):
+        key = critique_key(event.data.kind, event.data.step, event.data.call_index)
+        if key in state.critiques:
+            return state, False
+        return state.model_copy(update={"critiques": {**state.critiques, key: event.data}}), True
     if isinstance(event, ToolCallCompleted | ToolCallFailed):
         key = f"{event.data.step}:{event.data.call_index}"
         if key in state.outcomes:

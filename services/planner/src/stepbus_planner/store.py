@@ -158,6 +158,7 @@ class TaskStates:
                 len(state.decisions),
                 len(state.outcomes),
                 state.terminal,
+                *([len(state.critiques)] if state.critiques else []),  # older ids unchanged
             ),
             source=_SOURCE,
             subject=task_id,
@@ -174,8 +175,9 @@ class TaskStates:
             update={
                 "decisions": {s: d for s, d in state.decisions.items() if first <= s < end},
                 "outcomes": {k: o for k, o in state.outcomes.items() if first <= o.step < end},
+                "critiques": {k: c for k, c in state.critiques.items() if first <= c.step < end},
             }
-        ).model_dump(mode="json", include={"decisions", "outcomes"})
+        ).model_dump(mode="json", include={"decisions", "outcomes", "critiques"})
         event = StateSnapshot(
             id=derive_id(state.task_id, "segment", index),
             source=_SOURCE,
@@ -301,12 +303,14 @@ class TaskStates:
             if not document.get("terminal"):
                 if missing := [i for i in range(sealed) if i not in parts]:
                     raise ValueError(f"segments {missing} of task {snapshot.subject} are missing")
-                decisions, outcomes = {}, {}
+                decisions, outcomes, critiques = {}, {}, {}
                 for index in range(sealed):
                     decisions.update(parts[index].get("decisions", {}))
                     outcomes.update(parts[index].get("outcomes", {}))
+                    critiques.update(parts[index].get("critiques", {}))
                 document["decisions"] = {**decisions, **document.get("decisions", {})}
                 document["outcomes"] = {**outcomes, **document.get("outcomes", {})}
+                document["critiques"] = {**critiques, **document.get("critiques", {})}
             state = TaskState.model_validate(document)
         except (ValidationError, ValueError, TypeError) as exc:
             log.error("unreadable snapshot skipped: %s", clip(exc))
@@ -346,5 +350,6 @@ def _steps_from(state: TaskState, first: int) -> TaskState:
         update={
             "decisions": {s: d for s, d in state.decisions.items() if s >= first},
             "outcomes": {k: o for k, o in state.outcomes.items() if o.step >= first},
+            "critiques": {k: c for k, c in state.critiques.items() if c.step >= first},
         }
     )

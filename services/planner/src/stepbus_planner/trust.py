@@ -11,7 +11,10 @@ stretch or steer someone's task. So before folding, the planner refuses:
   submission, or its bounds are outside what a submission may ask for;
 - anything for a task it has no accepted state for (no snapshot, no progress: dropped);
 - a decision that is not the task's next step, and a tool outcome for a call no decision made;
-- a recall for a task that does not wait for one.
+- a recall for a task that does not wait for one;
+- a critique nobody asked for: of a draft that is not the task's latest or of a task not
+  judged, of a call not marked for review or already answered; and a revision (a step after
+  a draft) that no low verdict asked for.
 
 Pure functions: no Kafka, no clock of their own.
 """
@@ -22,6 +25,9 @@ from datetime import datetime, timedelta
 
 from stepbus_contracts import (
     MAX_DEADLINE_SECONDS,
+    CritiqueCompleted,
+    CritiqueCompletedData,
+    CritiqueFailed,
     LlmDecided,
     MemoryRecalled,
     TaskAccepted,
@@ -34,7 +40,7 @@ from stepbus_contracts import (
     idempotency_key,
 )
 
-from .state import HistoryEventT, TaskState
+from .state import HistoryEventT, TaskState, critique_key
 
 __all__ = ["CLOCK_SKEW", "owner", "refusal"]
 
@@ -71,13 +77,21 @@ def refusal(state: TaskState, event: HistoryEventT, now: datetime) -> str | None
         step = event.data.step
         if step in state.decisions:
             return None
-        if step != state.step + 1 or step >= task.max_iterations:
+        if step != state.step + 1 or step >= state.step_limit + _revising(state):
             return "unexpected_step"
         if step == 0 and state.awaiting_recall:
             return "unexpected_step"  # step 0 is asked only once the recall is recorded
         if step > 0 and not state.step_complete(step - 1):
             return "unexpected_step"
+        if step > 0 and state.is_draft(step - 1) and not _revising(state):
+            return "unexpected_step"  # after a draft only a revision the critic asked for
         return None
+    if isinstance(event, CritiqueCompleted | CritiqueFailed):
+        data = event.data
+        if critique_key(data.kind, data.step, data.call_index) in state.critiques:
+            return None  # a duplicate, or a late verdict after a timeout: the first one stands
+        expected = (data.kind, data.step, data.call_index if data.kind == "tool_call" else None)
+        return None if expected in state.pending_critiques else "unexpected_critique"
     if isinstance(event, ToolCallCompleted | ToolCallFailed):
         data = event.data
         decision = state.decisions.get(data.step)
@@ -91,6 +105,18 @@ def refusal(state: TaskState, event: HistoryEventT, now: datetime) -> str | None
             return "unexpected_outcome"
         return None
     return None
+
+
+def _revising(state: TaskState) -> int:
+    """1 when the latest step is a draft the critic sent back for revision, else 0."""
+    critique = state.critique("answer", state.step) if state.is_draft(state.step) else None
+    policy = state.task.critic if state.task else None
+    return int(
+        isinstance(critique, CritiqueCompletedData)
+        and policy is not None
+        and (critique.score or 0.0) < policy.threshold
+        and state.revisions < policy.max_revisions
+    )
 
 
 def _acceptance_refusal(state: TaskState, event: TaskAccepted, now: datetime) -> str | None:
