@@ -353,3 +353,17 @@ async def test_a_call_from_another_tenant_neither_runs_nor_reads_the_recorded_ou
     foreign = command().model_copy(update={"tenant": "intruder"})
     assert await call(foreign, context()) == []
     assert len(counted.runs) == 1
+
+
+def test_the_catalog_marks_the_tools_the_operator_named_for_review() -> None:
+    from stepbus_tool_executor.app import catalog_events
+    from stepbus_tool_executor.registry import builtin_registry
+    from stepbus_tool_executor.settings import ToolExecutorSettings
+
+    reviewed = ToolExecutorSettings(review_tools=" remember , ").reviewed()
+    assert reviewed == frozenset({"remember"})
+    flags = {
+        emit.event.data.name: emit.event.data.review  # type: ignore[attr-defined]
+        for emit in catalog_events(builtin_registry(), "t.tool.catalog", reviewed)
+    }
+    assert flags == {"calculator": False, "remember": True}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from stepbus_contracts import ToolRegistered, ToolRegisteredData, tool_calls_adapter
 from stepbus_runtime import (
@@ -25,12 +26,17 @@ from .settings import ToolExecutorSettings
 
 __all__ = ["catalog_events", "main"]
 
+log = logging.getLogger(__name__)
+
 FORGET_BATCH = 10_000
 """Idle task ledgers forgotten per sweep at most, so a burst never floods the queues."""
 
 
-def catalog_events(registry: ToolRegistry, topic: str) -> list[Emit]:
-    """One ``stepbus.tool.registered`` per tool, keyed by tool name."""
+def catalog_events(
+    registry: ToolRegistry, topic: str, reviewed: frozenset[str] = frozenset()
+) -> list[Emit]:
+    """One ``stepbus.tool.registered`` per tool, keyed by tool name; the tools in ``reviewed``
+    are marked for review by the critic."""
     return [
         Emit(
             topic,
@@ -38,7 +44,10 @@ def catalog_events(registry: ToolRegistry, topic: str) -> list[Emit]:
                 source="urn:stepbus:tool-executor",
                 subject=tool.name,
                 data=ToolRegisteredData(
-                    name=tool.name, description=tool.description, parameters=tool.parameters
+                    name=tool.name,
+                    description=tool.description,
+                    parameters=tool.parameters,
+                    review=tool.name in reviewed,
                 ),
             ),
         )
@@ -70,8 +79,12 @@ async def main(settings: ToolExecutorSettings | None = None) -> None:
         listener=ledger,
     )
 
+    reviewed = settings.reviewed()
+    if unknown := sorted(reviewed - set(registry.tools)):
+        log.warning("STEPBUS_TOOL_EXECUTOR_REVIEW_TOOLS names unknown tools: %s", unknown)
+
     async def announce() -> None:
-        await publisher.publish(catalog_events(registry, topics.tool_catalog))
+        await publisher.publish(catalog_events(registry, topics.tool_catalog, reviewed))
 
     retention = settings.ledger_retention_seconds
     sweeper = asyncio.create_task(forget_idle(processor, ledger, publisher, retention))

@@ -29,3 +29,12 @@ class ToolExecutorSettings(ServiceSettings):
         "recorded for this long; its calls were committed long before.",
     )
     group_id: str = Field(default="stepbus-tool-executor", description="Consumer group.")
+    review_tools: str = Field(
+        default="",
+        description="Comma-separated names of tools whose calls the critic must approve before "
+        "they run (the catalog's `review` flag), e.g. `remember,shell`.",
+    )
+
+    def reviewed(self) -> frozenset[str]:
+        """The tools marked for review."""
+        return frozenset(name.strip() for name in self.review_tools.split(",") if name.strip())
