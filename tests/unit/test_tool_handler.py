@@ -19,10 +19,12 @@ from stepbus_contracts import (
     derive_id,
 )
 from stepbus_runtime import RecordContext
+from stepbus_tool_executor.app import catalog_events
 from stepbus_tool_executor.audit import ExecutionLog
 from stepbus_tool_executor.handlers import ToolCallHandler
 from stepbus_tool_executor.ledger import Ledger
 from stepbus_tool_executor.registry import Tool, ToolRegistry, builtin_registry
+from stepbus_tool_executor.settings import ToolExecutorSettings
 
 TOPICS = Topics("t.")
 TASK = "task-1"
@@ -356,10 +358,6 @@ async def test_a_call_from_another_tenant_neither_runs_nor_reads_the_recorded_ou
 
 
 def test_the_catalog_marks_the_tools_the_operator_named_for_review() -> None:
-    from stepbus_tool_executor.app import catalog_events
-    from stepbus_tool_executor.registry import builtin_registry
-    from stepbus_tool_executor.settings import ToolExecutorSettings
-
     reviewed = ToolExecutorSettings(review_tools=" remember , ").reviewed()
     assert reviewed == frozenset({"remember"})
     flags = {
