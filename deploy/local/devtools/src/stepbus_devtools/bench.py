@@ -14,8 +14,10 @@ Against the running local stack (``make up``; the scripted model at zero latency
    event), the wall time for all of them, how many completed or failed, and the peak memory
    (``VmHWM``) of every stack process — once with memory off (no memory service, the planner
    restarted with ``STEPBUS_PLANNER_MEMORY=false``) and once with memory on (every task
-   recalls, in sessions of 10 tasks, and is remembered), side by side
-   (``--memory on|off|both``), then
+   recalls, in sessions of 10 tasks, and is remembered), and once with the critic judging every
+   answer (one more model call per task), side by side (``--memory on|off|both``,
+   ``--critic on|off|both``); the baseline turns both off (memory service stopped, every task
+   submitted with ``critic.enabled: false``), then
 4. ``make bench`` also runs ``stepbus_devtools.memory_bench``: embedding throughput and recall
    latency with 10,000 and 100,000 memories in the tenant's collection.
 
@@ -41,7 +43,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from stepbus_contracts import TaskSubmitted, TaskSubmittedData, Topics
+from stepbus_contracts import CriticPolicy, TaskSubmitted, TaskSubmittedData, Topics
 from stepbus_runtime import topic_partitions
 
 from stepbus_devtools import stack
@@ -205,10 +207,12 @@ async def throughput(
     latency_ms: int,
     wait_seconds: float,
     sessions: bool = False,
+    critic: bool = False,
 ) -> dict[str, Any]:
     """Submit ``count`` tasks at once; collect each one's terminal event on ``results``.
 
-    With ``sessions``, every 10 tasks share a session (so recalls return turns).
+    With ``sessions``, every 10 tasks share a session (so recalls return turns); with
+    ``critic``, the critic judges every answer (else each task turns it off).
     """
     run = uuid.uuid4().hex[:8]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -240,6 +244,7 @@ async def throughput(
                     tools=["calculator"],
                     max_iterations=steps + 2,
                     deadline_seconds=max(300.0, 2 * wait_seconds),
+                    critic=CriticPolicy(enabled=critic),
                 ),
             )
             records.append((task_id, event.model_dump_json().encode()))
@@ -411,10 +416,20 @@ async def run(args: argparse.Namespace) -> None:
         )
     if args.skip_throughput:
         return
+    runs = [("baseline", False, False)]  # (name, memory, critic)
+    if args.memory in ("on", "both"):
+        runs.append(("memory on", True, False))
+    if args.critic in ("on", "both"):
+        runs.append(("critic on", False, True))
+    if args.memory == "on" and args.critic == "on":
+        runs = runs[1:]
     walls: dict[str, float] = {}
-    for memory in ("off", "on") if args.memory == "both" else (args.memory,):
-        _planner_memory(memory == "on")
-        print(f"--- memory {memory}")
+    latencies: dict[str, float] = {}
+    for name, memory, critic in runs:
+        _planner_memory(memory)
+        print(
+            f"--- {name} (memory {'on' if memory else 'off'}, critic {'on' if critic else 'off'})"
+        )
         result = await throughput(
             bootstrap,
             topics,
@@ -422,14 +437,29 @@ async def run(args: argparse.Namespace) -> None:
             args.throughput_steps,
             args.throughput_latency,
             args.throughput_timeout,
-            sessions=memory == "on",
+            sessions=memory,
+            critic=critic,
         )
-        walls[memory] = _print_throughput(result, args)
+        walls[name] = _print_throughput(result, args)
+        ended = result["ends"]
+        latencies[name] = percentile(
+            [(ended[t][0] - result["submitted"][t]) * 1000 for t in ended] or [0.0], 50
+        )
     _planner_memory(True)  # as the stack runs by default
-    if len(walls) == 2:
+    base = walls.get("baseline")
+    if base and "memory on" in walls:
         print(
-            f"memory on vs off: wall time {walls['on']:.1f} s vs {walls['off']:.1f} s "
-            f"({100 * (walls['on'] / walls['off'] - 1):+.0f} %; budget +25 %)"
+            f"memory on vs off: wall time {walls['memory on']:.1f} s vs {base:.1f} s "
+            f"({100 * (walls['memory on'] / base - 1):+.0f} %; budget +25 %)"
+        )
+    if base and "critic on" in walls:
+        extra = latencies["critic on"] - latencies["baseline"]
+        beyond = (extra - args.throughput_latency) / 1000
+        print(
+            f"critic on vs off: wall time {walls['critic on']:.1f} s vs {base:.1f} s "
+            f"({100 * (walls['critic on'] / base - 1):+.0f} %); task latency p50 "
+            f"{extra / 1000:+.2f} s, of which the judge's model call is "
+            f"{args.throughput_latency / 1000:.2f} s: {beyond:+.2f} s beyond it"
         )
 
 
@@ -480,6 +510,12 @@ def main() -> None:
         choices=("on", "off", "both"),
         default="both",
         help="throughput with the planner's memory on, off, or both side by side",
+    )
+    parser.add_argument(
+        "--critic",
+        choices=("on", "off", "both"),
+        default="both",
+        help="throughput with the critic judging every answer, not at all, or both",
     )
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--skip-throughput", action="store_true", help="only the step overhead")
