@@ -3,7 +3,8 @@
 python -m stepbus_devtools.demo [--input TEXT] [--follow-up TEXT] [--gateway URL] [--timeout S]
 
 The second task asks about the first: its answer comes from the session memory the planner
-recalled (``stepbus.memory.recalled``), not from anything the demo passes along.
+recalled (``stepbus.memory.recalled``), not from anything the demo passes along. The critic
+judges each answer before it is given (``critique`` steps, and the score in the result).
 """
 
 from __future__ import annotations
@@ -64,6 +65,13 @@ def _report(terminal: dict[str, Any]) -> bool:
             f"({data['steps']} LLM steps, "
             f"{usage.get('prompt_tokens', 0) + usage.get('completion_tokens', 0)} tokens)"
         )
+        critic = data.get("critic")
+        if critic:
+            rounds = ", ".join(
+                "unjudged" if r["score"] is None else f"{r['score']:.2f}" for r in critic["rounds"]
+            )
+            verdict = f"score {critic['score']:.2f}" if critic["judged"] else "unjudged"
+            print(f"critic: {verdict} after {critic['revisions']} revisions (rounds: {rounds})")
         return True
     print(f"task ended with {terminal['type']}: {data.get('reason', '')} {data.get('message', '')}")
     return False
