@@ -240,3 +240,52 @@ async def test_a_recall_nobody_waits_for_any_more_is_skipped(handlers: Any) -> N
     assert await memory.on_request(late, ctx(TOPICS.memory_requests)) == []
     in_time = recall("t2", "acme", "anything", answer_by=NOW.replace(hour=13))
     assert len(await memory.on_request(in_time, ctx(TOPICS.memory_requests))) == 1
+
+
+class CountingEmbedder:
+    """The real model, counting the texts it embeds."""
+
+    def __init__(self, inner: OnnxEmbedder) -> None:
+        self.inner = inner
+        self.texts: list[str] = []
+        self.model_id = inner.model_id
+        self.dimensions = inner.dimensions
+        self.max_input_tokens = inner.max_input_tokens
+
+    async def embed(self, texts: Any) -> list[list[float]]:
+        self.texts.extend(texts)
+        return await self.inner.embed(texts)
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def windows(self, text: str, size: int, overlap: int) -> list[str]:
+        return self.inner.windows(text, size, overlap)
+
+
+async def test_a_task_remembered_after_its_recall_costs_the_model_no_second_text(
+    handlers: Any, tmp_path: Path
+) -> None:
+    _, _, sessions = handlers
+    counting = CountingEmbedder(OnnxEmbedder())
+    batching = BatchingEmbedder(counting, cache_size=2)
+    store = QdrantStore(path=tmp_path / "q2", model_id=batching.model_id,
+                        dimensions=batching.dimensions)  # fmt: skip
+    memory = MemoryHandlers(embedder=batching, store=store, sessions=sessions, topics=TOPICS,
+                            clock=lambda: NOW, query_embedder=batching.urgent)  # fmt: skip
+    try:
+        question = "How many moons does Mars have?"
+        await recalled(memory, recall("m1", "acme", question))
+        await memory.on_result(completed("m1", "acme", question, "Two"), ctx(TOPICS.results))
+        assert counting.texts == [question]  # the recall's vector was reused
+        assert batching.cache_hits == 1
+        # Found by its question, in other words; the hit is the whole question and answer.
+        answer = await recalled(memory, recall("m2", "acme", "Mars: how many moons?"))
+        assert answer.data.hits[0].text == f"Q: {question}\nA: Two"
+        # The cache is bounded: old texts are embedded again.
+        for text in ("one", "two", "three"):
+            await batching.embed([text])
+        await batching.embed([question])
+        assert counting.texts.count(question) == 2
+    finally:
+        await store.close()

@@ -8,11 +8,16 @@ are waiting), so no caller waits on a timer when the machine is idle.
 Recalls are waited for (a task cannot start without its recall, or its recall timeout), while
 remembering can lag: ``urgent`` is a view of the same batcher whose texts go before every
 waiting text of the plain one.
+
+The vectors of recent texts are kept (``cache_size``, least recently used out): a finished task
+is remembered by its question, which its recall embedded a few seconds earlier, so each task
+costs the model one text, not two (ADR-30).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from .ports import Embedder
@@ -26,11 +31,15 @@ class BatchingEmbedder:
     Args:
         inner: The model.
         max_batch: Most texts per batch.
+        cache_size: Vectors of recent texts kept (0: none).
     """
 
-    def __init__(self, inner: Embedder, *, max_batch: int = 64) -> None:
+    def __init__(self, inner: Embedder, *, max_batch: int = 64, cache_size: int = 4096) -> None:
         self._inner = inner
         self._max_batch = max_batch
+        self._cache: OrderedDict[str, list[float]] = OrderedDict()
+        self._cache_size = cache_size
+        self.cache_hits = 0
         self._waiting: list[tuple[str, asyncio.Future[list[float]]]] = []
         self._first: list[tuple[str, asyncio.Future[list[float]]]] = []
         self._worker: asyncio.Task[None] | None = None
@@ -47,9 +56,18 @@ class BatchingEmbedder:
         """One unit vector per text; waits for the batch it joined (``first``: ahead of the
         texts already waiting)."""
         loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in texts]
-        (self._first if first else self._waiting).extend(zip(texts, futures, strict=True))
-        if self._worker is None or self._worker.done():
+        futures: list[asyncio.Future[list[float]]] = []
+        queue = self._first if first else self._waiting
+        for text in texts:
+            future: asyncio.Future[list[float]] = loop.create_future()
+            if (cached := self._cache.get(text)) is not None:
+                self._cache.move_to_end(text)
+                self.cache_hits += 1
+                future.set_result(cached)
+            else:
+                queue.append((text, future))
+            futures.append(future)
+        if queue and (self._worker is None or self._worker.done()):
             self._worker = asyncio.create_task(self._drain())
         return list(await asyncio.gather(*futures))
 
@@ -74,9 +92,18 @@ class BatchingEmbedder:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, future), vector in zip(batch, vectors, strict=True):
+            for (text, future), vector in zip(batch, vectors, strict=True):
+                self._keep(text, vector)
                 if not future.done():
                     future.set_result(vector)
+
+    def _keep(self, text: str, vector: list[float]) -> None:
+        if self._cache_size <= 0:
+            return
+        self._cache[text] = vector
+        self._cache.move_to_end(text)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
 
 
 class _Urgent:

@@ -257,6 +257,8 @@ class MemoryHandlers:
                     key=session_key(event.tenant, event.subject),
                 )
             )
+        # Found by its question (what a later task asks again, in other words); the recall of
+        # this task embedded that text already, so remembering it costs no model run (ADR-30).
         item = MemoryItem(
             id=memory_id(event.tenant, "task", event.subject),
             text=f"Q: {data.input}\nA: {data.output}",
@@ -268,7 +270,7 @@ class MemoryHandlers:
             session_id=data.session_id,
             task_id=event.subject,
         )
-        return [*emits, *await self._remember([item], event)]
+        return [*emits, *await self._remember([item], event, [data.input])]
 
     # -- tasks ---------------------------------------------------------------------------
 
