@@ -8,6 +8,10 @@ from datetime import timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from stepbus_contracts import (
+    CritiqueCompleted,
+    CritiqueCompletedData,
+    CritiqueFailed,
+    CritiqueFailedData,
     LlmDecided,
     LlmDecidedData,
     PlannedToolCall,
@@ -27,7 +31,8 @@ from .test_planner_handlers import NOW, TASK, TENANT
 
 @st.composite
 def histories(draw: st.DrawFn) -> list[HistoryEventT]:
-    """A valid journal: accepted, then steps of decisions and their outcomes, maybe an end."""
+    """A valid journal: accepted, then steps of decisions (reviewed calls with their verdicts,
+    judged drafts with theirs) and their outcomes, maybe an end."""
     steps = draw(st.integers(min_value=0, max_value=6))
     events: list[HistoryEventT] = [
         TaskAccepted(
@@ -47,7 +52,12 @@ def histories(draw: st.DrawFn) -> list[HistoryEventT]:
     for step in range(steps):
         calls = draw(st.integers(min_value=0, max_value=3))
         planned = [
-            PlannedToolCall(call_index=i, name="calculator", llm_call_id=f"c{step}{i}")
+            PlannedToolCall(
+                call_index=i,
+                name="calculator",
+                llm_call_id=f"c{step}{i}",
+                review=draw(st.booleans()),
+            )
             for i in range(calls)
         ]
         events.append(
@@ -58,7 +68,22 @@ def histories(draw: st.DrawFn) -> list[HistoryEventT]:
                 data=LlmDecidedData(step=step, content=f"t{step}", tool_calls=planned, model="m"),
             )
         )
+        envelope = {"id": f"v{step}", "subject": TASK, "tenant": TENANT}
+        if not planned and draw(st.booleans()):  # a judged draft
+            if draw(st.booleans()):
+                score = draw(st.floats(min_value=0, max_value=1))
+                verdict = CritiqueCompletedData(kind="answer", step=step, score=score)
+                events.append(CritiqueCompleted(**envelope, data=verdict))
+            else:
+                failure = CritiqueFailedData(kind="answer", step=step, reason="timed_out")
+                events.append(CritiqueFailed(**envelope, data=failure))
         for call in planned:
+            if call.review:
+                review = CritiqueCompletedData(kind="tool_call", step=step,
+                                               call_index=call.call_index,
+                                               approved=draw(st.booleans()))  # fmt: skip
+                events.append(CritiqueCompleted(**{**envelope, "id": f"r{step}{call.call_index}"},
+                                                data=review))  # fmt: skip
             ref = {"step": step, "call_index": call.call_index, "name": "calculator",
                    "idempotency_key": f"{TASK}:{step}:{call.call_index}"}  # fmt: skip
             envelope = {"id": f"o{step}{call.call_index}", "subject": TASK, "tenant": TENANT}
