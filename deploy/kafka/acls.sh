@@ -21,17 +21,19 @@
 #   --tool-executor PRINCIPAL     default User:stepbus-tool-executor
 #   --gateway PRINCIPAL           default User:stepbus-gateway
 #   --memory PRINCIPAL            default User:stepbus-memory
+#   --critic PRINCIPAL            default User:stepbus-critic
 #   --upstream PRINCIPAL          default User:stepbus-upstream (systems that publish tasks and
 #                                 consume results)
 #   --operator PRINCIPAL          default User:stepbus-operator (python -m stepbus_runtime.redrive)
 #                                 An empty PRINCIPAL leaves that role out.
 #   --only ROLE[,ROLE...]         only these roles: planner, tool-executor, gateway, memory,
-#                                 upstream, operator (e.g. a second upstream: --only upstream
-#                                 --upstream X)
+#                                 critic, upstream, operator (e.g. a second upstream: --only
+#                                 upstream --upstream X)
 #   --planner-group-id ID         as STEPBUS_PLANNER_GROUP_ID (default stepbus-planner; the group
 #                                 is <prefix><id>)
 #   --tool-executor-group-id ID   as STEPBUS_TOOL_EXECUTOR_GROUP_ID (default stepbus-tool-executor)
 #   --memory-group-id ID          as STEPBUS_MEMORY_GROUP_ID (default stepbus-memory)
+#   --critic-group-id ID          as STEPBUS_CRITIC_GROUP_ID (default stepbus-critic)
 #   --upstream-group-prefix P     consumer groups upstream systems may use (prefixed; default
 #                                 <prefix>upstream-)
 #   --allow-create                also let the services and the operator create the catalog's
@@ -54,8 +56,9 @@ STEPBUS_HOME="${STEPBUS_HOME:-$REPO/.stepbus}"
 # The topic catalog (suffixes), in the order of topics.py; tests/unit/test_acls.py keeps the
 # two in step.
 CATALOG=(tasks planner.history planner.snapshots tool.calls tool.ledger tool.catalog
-    memory.requests memory.items memory.sessions results dlq dlq.redriven payloads)
-ROLES=(planner tool-executor gateway memory upstream operator)
+    memory.requests memory.items memory.sessions critic.requests results dlq dlq.redriven
+    payloads)
+ROLES=(planner tool-executor gateway memory critic upstream operator)
 
 die() {
     echo "acls.sh: $*" >&2
@@ -77,6 +80,7 @@ declare -A PRINCIPAL=(
     [tool-executor]="User:stepbus-tool-executor"
     [gateway]="User:stepbus-gateway"
     [memory]="User:stepbus-memory"
+    [critic]="User:stepbus-critic"
     [upstream]="User:stepbus-upstream"
     [operator]="User:stepbus-operator"
 )
@@ -84,6 +88,7 @@ ONLY=""
 PLANNER_GROUP_ID=stepbus-planner
 TOOL_EXECUTOR_GROUP_ID=stepbus-tool-executor
 MEMORY_GROUP_ID=stepbus-memory
+CRITIC_GROUP_ID=stepbus-critic
 UPSTREAM_GROUP_PREFIX=""
 KAFKA_ACLS=""
 CLASSPATH_JARS=""
@@ -103,21 +108,23 @@ while (($#)); do
             exit 0
             ;;
         --bootstrap-server | --command-config | --prefix | --planner | --tool-executor | \
-            --gateway | --memory | --upstream | --operator | --only | --planner-group-id | \
-            --tool-executor-group-id | --memory-group-id | --upstream-group-prefix | \
-            --kafka-acls | --classpath)
+            --gateway | --memory | --critic | --upstream | --operator | --only | \
+            --planner-group-id | --tool-executor-group-id | --memory-group-id | \
+            --critic-group-id | --upstream-group-prefix | --kafka-acls | --classpath)
             need_value "$1" "$#"
             case "$1" in
                 --bootstrap-server) BOOTSTRAP="$2" ;;
                 --command-config) COMMAND_CONFIG="$2" ;;
                 --prefix) PREFIX="$2" ;;
-                --planner | --tool-executor | --gateway | --memory | --upstream | --operator)
+                --planner | --tool-executor | --gateway | --memory | --critic | --upstream | \
+                    --operator)
                     PRINCIPAL[${1#--}]="$2"
                     ;;
                 --only) ONLY="$2" ;;
                 --planner-group-id) PLANNER_GROUP_ID="$2" ;;
                 --tool-executor-group-id) TOOL_EXECUTOR_GROUP_ID="$2" ;;
                 --memory-group-id) MEMORY_GROUP_ID="$2" ;;
+                --critic-group-id) CRITIC_GROUP_ID="$2" ;;
                 --upstream-group-prefix) UPSTREAM_GROUP_PREFIX="$2" ;;
                 --kafka-acls) KAFKA_ACLS="$2" ;;
                 --classpath) CLASSPATH_JARS="$2" ;;
@@ -229,9 +236,10 @@ ALL_TOPICS=("${CATALOG[@]/#/topic:}")
 grant_planner() {
     acl planner literal Read topic:tasks topic:planner.history topic:planner.snapshots \
         topic:tool.catalog topic:payloads "group:$PREFIX$PLANNER_GROUP_ID"
-    # memory.requests: the recall asked for before a task's first step.
+    # memory.requests: the recall asked for before a task's first step; critic.requests: the
+    # critiques of drafts and of reviewed tool calls.
     acl planner literal Write topic:planner.history topic:planner.snapshots topic:tool.calls \
-        topic:memory.requests topic:results topic:dlq topic:payloads
+        topic:memory.requests topic:critic.requests topic:results topic:dlq topic:payloads
     acl planner literal Describe "${ALL_TOPICS[@]}"
 }
 
@@ -266,6 +274,14 @@ grant_memory() {
     acl memory literal Describe "${ALL_TOPICS[@]}"
 }
 
+grant_critic() {
+    # One processor, one group: critic.requests; payloads for claim-checked drafts.
+    acl critic literal Read topic:critic.requests topic:payloads "group:$PREFIX$CRITIC_GROUP_ID"
+    # planner.history: its stepbus.critique.completed / failed verdicts, on the task's journal.
+    acl critic literal Write topic:planner.history topic:dlq topic:payloads
+    acl critic literal Describe "${ALL_TOPICS[@]}"
+}
+
 grant_upstream() {
     acl upstream literal Read topic:results topic:payloads
     acl upstream prefixed Read "group:$UPSTREAM_GROUP_PREFIX"
@@ -276,16 +292,16 @@ grant_operator() {
     # The re-drive reads the DLQ and its markers without a group, re-publishes dead letters
     # to the topics a processor consumes (planner: tasks, planner.history; tool-executor:
     # tool.calls; the gateway's results feed: results; memory: memory.requests, tasks,
-    # results) and writes its markers.
+    # results; critic: critic.requests) and writes its markers.
     acl operator literal Read topic:dlq topic:dlq.redriven
     acl operator literal Write topic:tasks topic:planner.history topic:tool.calls \
-        topic:memory.requests topic:results topic:dlq.redriven
+        topic:memory.requests topic:critic.requests topic:results topic:dlq.redriven
     acl operator literal Describe "${ALL_TOPICS[@]}"
 }
 
 grant_create() {
     local role
-    for role in planner tool-executor gateway memory operator; do
+    for role in planner tool-executor gateway memory critic operator; do
         [[ -v "SELECTED[$role]" ]] || continue
         acl "$role" prefixed Create "topic:"
     done
@@ -307,6 +323,7 @@ case "$ACTION" in
                 tool-executor) grant_tool_executor ;;
                 gateway) grant_gateway ;;
                 memory) grant_memory ;;
+                critic) grant_critic ;;
                 upstream) grant_upstream ;;
                 operator) grant_operator ;;
             esac

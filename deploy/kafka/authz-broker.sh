@@ -18,8 +18,8 @@
 #   $AUTHZ_KAFKA_PORT + 1  CONTROLLER
 #   $AUTHZ_KAFKA_PORT + 2  SASL_PLAINTEXT with SASL/PLAIN users stepbus-admin (a super user),
 #                          stepbus-planner, stepbus-tool-executor, stepbus-gateway,
-#                          stepbus-memory, stepbus-upstream, stepbus-operator and
-#                          stepbus-stranger (no ACLs);
+#                          stepbus-memory, stepbus-critic, stepbus-upstream,
+#                          stepbus-operator and stepbus-stranger (no ACLs);
 #                          password "stepbus" for all. Client properties for each user are
 #                          written to $AUTHZ_KAFKA_DIR/clients/<user>.properties.
 #
@@ -42,7 +42,7 @@ PROPS="$DIR/server.properties"
 PID_FILE="$DIR/kafka.pid"
 PASSWORD=stepbus
 USERS=(stepbus-admin stepbus-planner stepbus-tool-executor stepbus-gateway stepbus-memory
-    stepbus-upstream stepbus-operator stepbus-stranger)
+    stepbus-critic stepbus-upstream stepbus-operator stepbus-stranger)
 
 die() {
     echo "authz-broker: $*" >&2

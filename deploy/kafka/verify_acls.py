@@ -60,7 +60,7 @@ from stepbus_runtime import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-DESCRIBE_ALL = ("planner", "tool-executor", "gateway", "memory", "operator")
+DESCRIBE_ALL = ("planner", "tool-executor", "gateway", "memory", "critic", "operator")
 """Roles with Describe on every catalog topic (docs/security.md: they run ensure_topics)."""
 STRANGER = "stranger"
 """The role of a broker user with no ACLs at all (``stepbus-stranger``)."""

@@ -33,8 +33,9 @@ async def running_stack(
     env: dict[str, str] | None = None,
     gateway: bool = True,
 ) -> AsyncIterator[Stack]:
-    """scripted model, tool-executor, memory, planner and (when present and ``gateway``)
-    gateway, as processes under a fresh topic prefix; ``env`` is added to every service's."""
+    """scripted model, tool-executor, memory, critic, planner and (when present and
+    ``gateway``) gateway, as processes under a fresh topic prefix; ``env`` is added to every
+    service's."""
     topics = Topics(unique_prefix())
     await ensure_topics(kafka_bootstrap, topics)
     llm_port = free_port()
@@ -47,7 +48,9 @@ async def running_stack(
         "STEPBUS_MODEL": "stepbus-scripted",
         **(env or {}),
     }
-    ports = {name: free_port() for name in ("tool-executor", "memory", "planner", "gateway")}
+    ports = {
+        name: free_port() for name in ("tool-executor", "memory", "critic", "planner", "gateway")
+    }
     services = [
         ServiceProcess(
             "scripted-llm",
@@ -70,6 +73,18 @@ async def running_stack(
                 "STEPBUS_MEMORY_QDRANT_PATH": str(LOGS / f"qdrant-{topics.prefix.rstrip('.')}"),
             },
             f"http://127.0.0.1:{ports['memory']}/readyz",
+        ),
+        ServiceProcess(
+            "critic",
+            ["stepbus_critic"],
+            {
+                # The judge is the scripted model too (unless a test's ``env`` says otherwise).
+                "STEPBUS_CRITIC_BASE_URL": env["OPENAI_BASE_URL"],
+                "STEPBUS_CRITIC_API_KEY": env["OPENAI_API_KEY"],
+                **env,
+                "STEPBUS_CRITIC_METRICS_PORT": str(ports["critic"]),
+            },
+            f"http://127.0.0.1:{ports['critic']}/readyz",
         ),
         ServiceProcess(
             "planner",

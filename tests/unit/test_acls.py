@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from stepbus_contracts import Topics
+from stepbus_critic.settings import CriticSettings
 from stepbus_gateway.settings import GatewaySettings
 from stepbus_memory.settings import MemorySettings
 from stepbus_planner.settings import PlannerSettings
@@ -25,8 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "kafka" / "acls.sh"
 DOC = REPO / "docs" / "security.md"
 
-ROLES = ("planner", "tool-executor", "gateway", "memory", "upstream", "operator")
-DESCRIBE_ALL = ("planner", "tool-executor", "gateway", "memory", "operator")
+ROLES = ("planner", "tool-executor", "gateway", "memory", "critic", "upstream", "operator")
+DESCRIBE_ALL = ("planner", "tool-executor", "gateway", "memory", "critic", "operator")
 """The roles that run ``ensure_topics`` and so describe every catalog topic (security.md)."""
 
 Binding = tuple[str, str, str, str, str]
@@ -128,17 +129,27 @@ def test_the_table_says_who_writes_the_journal_and_the_results() -> None:
     """The invariants the trust model rests on, stated once more against the table."""
     table = documented_topics()
     writers = {s: {r for r, ops in roles.items() if "W" in ops} for s, roles in table.items()}
-    assert writers["planner.history"] == {"planner", "tool-executor", "memory", "operator"}
+    assert writers["planner.history"] == {
+        "planner",
+        "tool-executor",
+        "memory",
+        "critic",
+        "operator",
+    }
     assert writers["results"] == {"planner", "operator"}
     assert writers["planner.snapshots"] == {"planner"}
     assert writers["tool.ledger"] == {"tool-executor"}
     assert writers["tool.calls"] == {"planner", "operator"}
     assert writers["memory.requests"] == {"planner", "tool-executor", "operator"}
     assert writers["memory.items"] == writers["memory.sessions"] == {"memory"}
+    assert writers["critic.requests"] == {"planner", "operator"}
     assert "upstream" not in writers["payloads"]
     readers = {s: {r for r, ops in roles.items() if "R" in ops} for s, roles in table.items()}
     assert readers["tasks"] == {"planner", "memory"}
     assert readers["memory.requests"] == {"memory"}
+    assert readers["critic.requests"] == {"critic"}
+    critic = {s for s, roles in table.items() if roles["critic"]}
+    assert critic == {"critic.requests", "planner.history", "dlq", "payloads"}
 
 
 def test_groups_match_the_services_settings() -> None:
@@ -149,6 +160,7 @@ def test_groups_match_the_services_settings() -> None:
     assert prefix + groups["planner"][0] == f"{prefix}{PlannerSettings().group_id}"
     assert prefix + groups["tool-executor"][0] == f"{prefix}{ToolExecutorSettings().group_id}"
     assert prefix + groups["memory"][0] == f"{prefix}{MemorySettings().group_id}"
+    assert groups["critic"] == (CriticSettings().group_id, "literal")
     memory_groups = [suffix for suffix, _, role in documented_groups() if role == "memory"]
     assert memory_groups == [MemorySettings().group_id, f"{MemorySettings().group_id}-store"]
     gateway = GatewaySettings(instance_id="replica-1").feed_group_id
@@ -169,6 +181,8 @@ def test_prefix_principals_and_groups_are_configurable() -> None:
         "executor-blue",
         "--memory-group-id",
         "memory-blue",
+        "--critic-group-id",
+        "critic-blue",
         "--upstream-group-prefix",
         "billing-",
         *[arg for role, principal in principals.items() for arg in (f"--{role}", principal)],
@@ -179,6 +193,7 @@ def test_prefix_principals_and_groups_are_configurable() -> None:
         "prod.stepbus-tool-executor": "prod.executor-blue",
         "prod.stepbus-memory": "prod.memory-blue",
         "prod.stepbus-memory-store": "prod.memory-blue-store",
+        "prod.stepbus-critic": "prod.critic-blue",
         "prod.upstream-": "billing-",
     }
     expected = {
@@ -233,7 +248,7 @@ def test_only_and_empty_principals_select_roles() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--only", "critic"], "unknown role 'critic'"),
+        (["--only", "judge"], "unknown role 'judge'"),
         (["--planner", "stepbus-planner"], "not of the form Type:name"),
         (["--prefix", "a b"], "characters Kafka topic names cannot hold"),
         (["--prefix", "", "--allow-create"], "needs a non-empty prefix"),

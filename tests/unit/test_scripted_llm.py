@@ -20,6 +20,16 @@ import httpx
 import openai
 import pytest
 import uvicorn
+from stepbus_contracts import CritiqueRequestedData
+from stepbus_critic.ports import InvalidReplyError
+from stepbus_critic.rubric import (
+    answer_messages,
+    parse_reply,
+    reply_schema,
+    request_messages,
+    retry_messages,
+)
+from stepbus_critic.rubric import tool_messages as tool_prompt
 from stepbus_devtools.scripted_llm import (
     MODEL_ID,
     TEST_DOUBLE_HEADER,
@@ -32,6 +42,7 @@ from stepbus_devtools.scripted_llm import (
     read_directives,
 )
 from stepbus_devtools.scripted_llm.__main__ import parse_args
+from stepbus_devtools.scripted_llm.script import feedback_rounds, is_judge_request
 
 CALCULATOR_TOOL = {
     "type": "function",
@@ -605,3 +616,267 @@ def test_the_script_answers_from_recalled_memory() -> None:
     assert (
         next_turn([{"role": "user", "content": "hi"}], []).content == "I have no arithmetic to do."
     )
+
+
+# --- the judge (requests of the critic) and drafts for revision ------------------------------
+
+
+def judge_json(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    turn = next_turn(messages, [])
+    assert turn.tool_calls == () and turn.finish_reason == "stop"
+    assert turn.content is not None
+    return dict(json.loads(turn.content))
+
+
+def test_a_judge_request_is_recognised_by_the_critics_system_prompt_before_any_arithmetic() -> None:
+    messages = answer_messages("What is 17 * 23?", ["calculator: 391"], "391")
+    assert is_judge_request(messages)
+    assert not is_judge_request([{"role": "user", "content": "What is 17 * 23?"}])
+    # The task quotes arithmetic and a calculator is offered: still a verdict, no tool call.
+    turn = next_turn(messages, [CALCULATOR_TOOL])
+    assert turn.tool_calls == ()
+    assert json.loads(turn.content or "") == {
+        "score": 1.0,
+        "relevance": 1.0,
+        "completeness": 1.0,
+        "groundedness": 1.0,
+        "feedback": "",
+    }
+    assert turn.usage.prompt_tokens == math.ceil(sum(len(m["content"]) for m in messages) / 4)
+
+
+@pytest.mark.parametrize(
+    ("task", "observations", "draft", "scores", "feedback"),
+    [
+        (
+            "What is 17 * 23?",
+            ["calculator: 391"],
+            "I believe the answer is about 400.",
+            (0.0, 1.0, 0.0, 0.0),
+            "The answer says 400, which no tool result supports; state the calculator's "
+            "result 391.",
+        ),
+        (
+            "What is 17 * 23?",
+            ["calculator: 391"],
+            "17 * 23 is 391.0",
+            (1.0, 1.0, 1.0, 1.0),
+            "",
+        ),
+        (
+            "Compute 1+2, then (3*4)-5",
+            ["calculator: 3", "calculator: 7"],
+            "The first is 3.",
+            (0.5, 1.0, 0.5, 1.0),
+            "The answer leaves out the calculator's result 7; state it.",
+        ),
+        (
+            "What is 17 * 23?",
+            ["calculator: 391"],
+            "391, or perhaps 400.",
+            (0.5, 1.0, 1.0, 0.5),
+            "The answer says 400, which no tool result supports; remove it or back it with a "
+            "tool result.",
+        ),
+        ("[latency=5] Say hi.", [], "Hello there.", (1.0, 1.0, 1.0, 1.0), ""),
+        ("Say hi.", [], "", (0.0, 0.0, 1.0, 1.0), "The answer is empty; answer the task."),
+        (
+            "Divide",
+            ["calculator: error: division by zero"],
+            "I could not compute: error: division by zero",
+            (1.0, 1.0, 1.0, 1.0),
+            "",
+        ),
+    ],
+)
+def test_the_judge_scores_drafts_by_what_the_observations_support(
+    task: str,
+    observations: list[str],
+    draft: str,
+    scores: tuple[float, float, float, float],
+    feedback: str,
+) -> None:
+    verdict = judge_json(answer_messages(task, observations, draft))
+    assert list(verdict) == ["score", "relevance", "completeness", "groundedness", "feedback"]
+    got = (verdict["score"], verdict["relevance"], verdict["completeness"], verdict["groundedness"])
+    assert got == scores
+    assert verdict["feedback"] == feedback
+    parse_reply(json.dumps(verdict), "answer")  # the critic accepts it
+
+
+def test_directive_numbers_in_the_task_do_not_ground_a_draft() -> None:
+    verdict = judge_json(
+        answer_messages("[latency=400] What is 17 * 23?", ["calculator: 391"], "About 400.")
+    )
+    assert verdict["groundedness"] == 0.0
+
+
+def test_a_harsh_judge_halves_every_score() -> None:
+    perfect = judge_json(
+        answer_messages("[judge=harsh] What is 17 * 23?", ["calculator: 391"], "391")
+    )
+    assert (perfect["score"], perfect["relevance"], perfect["groundedness"]) == (0.5, 0.5, 0.5)
+    assert perfect["feedback"]
+    partial = judge_json(
+        answer_messages("[judge=harsh] 1+2 and 3+4", ["calculator: 3", "calculator: 7"], "3")
+    )
+    assert (partial["score"], partial["completeness"]) == (0.25, 0.25)
+
+
+def test_an_invalid_judge_never_replies_with_json() -> None:
+    first = answer_messages("[judge=invalid] What is 17 * 23?", ["calculator: 391"], "391")
+    turn = next_turn(first, [])
+    assert turn.content == "I think it is fine."
+    with pytest.raises(InvalidReplyError):
+        parse_reply(turn.content, "answer")
+    again = retry_messages(first, turn.content, "not JSON", "answer")
+    assert next_turn(again, []).content == "I think it is fine."
+
+
+def test_an_invalid_once_judge_answers_the_retry() -> None:
+    first = answer_messages("[judge=invalid-once] What is 17 * 23?", ["calculator: 391"], "391")
+    turn = next_turn(first, [])
+    assert turn.content == "I think it is fine."
+    again = retry_messages(first, turn.content, "not JSON", "answer")
+    assert judge_json(again)["score"] == 1.0
+
+
+def test_the_judge_reviews_tool_calls() -> None:
+    safe = judge_json(tool_prompt("Add them", "calculator", "Arithmetic.", {"expression": "1+1"}))
+    assert safe == {"approved": True, "reason": "The call to calculator fits the task."}
+    rm = judge_json(tool_prompt("Tidy up", "shell", "Runs a command.", {"cmd": "rm -rf /tmp"}))
+    assert rm["approved"] is False and "rm " in rm["reason"]
+    told = judge_json(tool_prompt("[review=reject] Add", "calculator", None, {"e": "1+1"}))
+    assert told["approved"] is False
+    assert list(told) == ["approved", "reason"]
+    parse_reply(json.dumps(told), "tool_call")
+
+
+def test_judge_and_draft_directives_are_read_with_the_others() -> None:
+    text = "[judge=harsh] [judge=Invalid-Once] [review=reject] [draft=worse] [parallel] 1+1"
+    directives = read_directives([{"role": "user", "content": text}])
+    assert directives == Directives(
+        parallel=True,
+        judge=frozenset({"harsh", "invalid-once"}),
+        review_reject=True,
+        draft="worse",
+    )
+    assert extract_expressions(text) == ["1+1"]
+    assert read_directives([{"role": "user", "content": "[judge=lenient]"}]) == Directives()
+
+
+def revise(messages: list[dict[str, Any]], draft: str) -> list[dict[str, Any]]:
+    """The planner's revision turn: the draft, then the reviewer's feedback."""
+    return [
+        *messages,
+        {"role": "assistant", "content": draft},
+        {"role": "user", "content": "Reviewer feedback (score 0.00): state the result 391."},
+    ]
+
+
+def drafts(task: str, rounds: int) -> list[str]:
+    """The first draft and ``rounds`` revisions the script writes for ``task``."""
+    messages: list[dict[str, Any]] = [{"role": "user", "content": task}]
+    turn = next_turn(messages, [CALCULATOR_TOOL])
+    [call] = turn.tool_calls
+    messages += [assistant_message(turn), *tool_messages(turn.tool_calls, ["391"])]
+    assert call.name == "calculator"
+    written = []
+    for _ in range(rounds + 1):
+        final = next_turn(messages, [CALCULATOR_TOOL])
+        assert final.tool_calls == () and final.content is not None
+        written.append(final.content)
+        messages = revise(messages, final.content)
+    return written
+
+
+def test_a_weak_draft_is_ungrounded_until_the_reviewer_gives_feedback() -> None:
+    assert feedback_rounds([{"role": "user", "content": "Reviewer feedback: x"}]) == 1
+    assert drafts("[draft=weak] What is 17 * 23?", 2) == [
+        "I believe the answer is about 400.",
+        "391",
+        "391",
+    ]
+    assert drafts("What is 17 * 23?", 1) == ["391", "391"]  # without the directive: unchanged
+
+
+def test_worse_drafts_score_lower_with_each_revision_so_the_first_is_best() -> None:
+    written = drafts("[draft=worse] [judge=harsh] What is 17 * 23?", 3)
+    assert written[0] == "391"
+    scores = [
+        judge_json(
+            answer_messages(
+                "[draft=worse] [judge=harsh] What is 17 * 23?", ["calculator: 391"], draft
+            )
+        )["score"]
+        for draft in written
+    ]
+    assert scores == [0.5, 0.25, 0.0, 0.0]
+    assert scores.index(max(scores)) == 0
+
+
+async def test_the_api_accepts_response_format(base_url: str, client_for: Any) -> None:
+    client = client_for(base_url)
+    messages = answer_messages("What is 17 * 23?", ["calculator: 391"], "391")
+    name, schema = reply_schema("answer")
+    structured = await client.chat.completions.create(
+        model="m",
+        messages=messages,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": name, "strict": True, "schema": schema},
+        },
+    )
+    assert json.loads(structured.choices[0].message.content or "")["score"] == 1.0
+    plain = await client.chat.completions.create(
+        model="m", messages=messages, response_format={"type": "json_object"}
+    )
+    assert plain.choices[0].message.content == structured.choices[0].message.content
+
+
+@pytest.mark.parametrize(
+    "response_format",
+    [{"type": "yaml"}, "json", {"type": "json_schema"}, {"type": "json_schema", "json_schema": {}}],
+)
+async def test_a_malformed_response_format_gets_a_400(base_url: str, response_format: Any) -> None:
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "response_format": response_format,
+    }
+    async with httpx.AsyncClient() as http:
+        response = await http.post(f"{base_url}/chat/completions", json=body)
+    assert response.status_code == 400
+    assert "response_format" in response.json()["error"]["message"]
+
+
+async def test_no_structured_refuses_response_format_like_an_endpoint_without_it(
+    base_url: str, client_for: Any
+) -> None:
+    client = client_for(base_url, max_retries=0)
+    messages = answer_messages("[judge=no-structured] What is 17 * 23?", ["calculator: 391"], "391")
+    with pytest.raises(openai.BadRequestError, match="response_format") as refused:
+        await client.chat.completions.create(
+            model="m", messages=messages, response_format={"type": "json_object"}
+        )
+    assert refused.value.status_code == 400
+    assert refused.value.param == "response_format"
+    without = await client.chat.completions.create(model="m", messages=messages)
+    assert json.loads(without.choices[0].message.content or "")["score"] == 1.0
+
+
+def test_a_judge_request_reads_directives_from_its_task_only() -> None:
+    """Recalled memory quoted among the observations may hold another task's directives."""
+    from stepbus_devtools.scripted_llm.script import read_directives
+
+    request = CritiqueRequestedData(
+        kind="answer",
+        step=1,
+        input="What is 17 * 23?",
+        draft="391",
+        observations=["calculator: 391", "memory: Q: What is 17 * 23? [judge=harsh] A: 391"],
+    )
+    messages = request_messages(request, "rubric")
+    assert read_directives(messages).judge == frozenset()
+    verdict = json.loads(next_turn(messages, []).content or "")
+    assert verdict["score"] == 1.0

@@ -99,8 +99,8 @@ class Process:
         return f"http://127.0.0.1:{self.resolved_port()}{self.ready_path}"
 
 
-# Start order (the tool-executor publishes the tool catalog the planner reads); `down` stops
-# in reverse. Add `critic` here when it exists.
+# Start order (the tool-executor publishes the tool catalog the planner reads; the memory
+# service and the critic answer the planner's requests); `down` stops in reverse.
 PROCESSES: tuple[Process, ...] = (
     Process("kafka", marker="kafka.Kafka", script="kafka.sh"),
     Process("redis", marker="redis-server", script="redis.sh"),
@@ -125,6 +125,13 @@ PROCESSES: tuple[Process, ...] = (
         module="stepbus_memory",
         port_env="STEPBUS_MEMORY_METRICS_PORT",
         port=9103,
+    ),
+    Process(
+        "critic",
+        marker="stepbus_critic",
+        module="stepbus_critic",
+        port_env="STEPBUS_CRITIC_METRICS_PORT",
+        port=9104,
     ),
     Process(
         "planner",
@@ -327,6 +334,8 @@ def _child_env() -> dict[str, str]:
     env.setdefault("PYTHONUNBUFFERED", "1")
     # Qdrant's embedded local mode keeps its files with the rest of the stack's state.
     env.setdefault("STEPBUS_MEMORY_QDRANT_PATH", str(stepbus_home() / "qdrant"))
+    # The planner and the critic (whose judge falls back to the same variables) both talk to
+    # the scripted model unless a real endpoint is configured.
     if _uses_scripted_llm():
         env["OPENAI_BASE_URL"] = _scripted_url()
         env.setdefault("OPENAI_API_KEY", SCRIPTED_API_KEY)

@@ -8,6 +8,11 @@ built from the tool results.
 Memory: an input ``Remember that <fact>`` calls the ``remember`` tool with the fact; an input
 without arithmetic answers from the recalled memory the planner put in the prompt (a system
 message starting ``Memory:``): what the session said last, or else the best stored memory.
+
+Critic: a request of the critic (its system prompt opens with ``judge.JUDGE_MARKER``) gets a
+verdict from :mod:`.judge` instead, whatever else its task holds. The planner asks for a
+revision with a user message starting ``Reviewer feedback`` after the draft; ``[draft=weak]``
+and ``[draft=worse]`` make drafts that the judge scores low before or after feedback.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from stepbus_devtools.scripted_llm.judge import JUDGE_MARKER, judge_reply, section
+
 __all__ = [
     "CALCULATOR",
     "Directives",
@@ -28,6 +35,8 @@ __all__ = [
     "Usage",
     "conversation_hash",
     "extract_expressions",
+    "feedback_rounds",
+    "is_judge_request",
     "message_text",
     "next_turn",
     "parse_latency_range",
@@ -47,11 +56,20 @@ _MEMORY_LINE = re.compile(r"^- \[(?P<tag>[^\]]*)\] (?P<text>.*)$")
 
 LOOP_EXPRESSION = "1 + 1"
 
+FEEDBACK_PREFIX = "Reviewer feedback"
+"""How the planner's revision turn (a user message after the draft) begins."""
+
+WEAK_SHIFT = 9
+"""How far a weak draft's number is from the true result (391 becomes "about 400")."""
+
 _DIRECTIVE = re.compile(
     r"\[\s*(?:"
     r"latency\s*=\s*(?P<latency>\d+(?:\s*-\s*\d+)?)"
     r"|usage\s*=\s*(?P<usage>\d+)"
     r"|fail\s*=\s*(?P<fail>[45]\d\d)"
+    r"|judge\s*=\s*(?P<judge>invalid-once|invalid|harsh|no-structured)"
+    r"|review\s*=\s*(?P<review>reject)"
+    r"|draft\s*=\s*(?P<draft>weak|worse)"
     r"|(?P<flag>parallel|loop)"
     r")\s*\]",
     re.IGNORECASE,
@@ -75,6 +93,12 @@ class Directives:
         usage: Completion tokens to report on every turn, or ``None`` to count them.
         fail: HTTP status to fail each distinct request with once, or ``None``.
         loop: Never finish; ask for ``1 + 1`` on every turn.
+        judge: ``[judge=...]`` switches of the judge: ``invalid`` (no reply is JSON),
+            ``invalid-once`` (only the retry's is), ``harsh`` (every score halved),
+            ``no-structured`` (a request with ``response_format`` gets HTTP 400).
+        review_reject: ``[review=reject]``: the judge rejects every reviewed tool call.
+        draft: ``weak``: the final answer is ungrounded until the conversation has reviewer
+            feedback; ``worse``: the first draft is right and each revision worse.
     """
 
     latency_ms: tuple[int, int] | None = None
@@ -82,6 +106,9 @@ class Directives:
     usage: int | None = None
     fail: int | None = None
     loop: bool = False
+    judge: frozenset[str] = frozenset()
+    review_reject: bool = False
+    draft: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,13 +180,28 @@ def task_input(messages: Sequence[Message]) -> str:
 def read_directives(messages: Sequence[Message]) -> Directives:
     """Read the bracketed directives of the task input.
 
+    For a request of the critic, only its ``## Task`` section counts: the observations it
+    quotes (recalled memory among them) may hold other tasks' directives.
+
     Syntax (case-insensitive, anywhere in the first user message): ``[latency=200]``,
     ``[latency=50-300]``, ``[parallel]``, ``[usage=5000]``, ``[fail=503]`` (any 4xx/5xx
-    status), ``[loop]``. Anything else in brackets is ordinary text.
+    status), ``[loop]``; ``[judge=invalid|invalid-once|harsh|no-structured]`` (several may
+    be given), ``[review=reject]``, ``[draft=weak|worse]``. Anything else in brackets is
+    ordinary text.
     """
     values: dict[str, Any] = {}
-    for match in _DIRECTIVE.finditer(task_input(messages)):
-        if match["latency"]:
+    judge: set[str] = set()
+    text = task_input(messages)
+    if is_judge_request(messages):
+        text = section(text, "Task") or ""
+    for match in _DIRECTIVE.finditer(text):
+        if match["judge"]:
+            judge.add(match["judge"].lower())
+        elif match["review"]:
+            values["review_reject"] = True
+        elif match["draft"]:
+            values["draft"] = match["draft"].lower()
+        elif match["latency"]:
             values["latency_ms"] = parse_latency_range(match["latency"])
         elif match["usage"]:
             values["usage"] = int(match["usage"])
@@ -167,7 +209,7 @@ def read_directives(messages: Sequence[Message]) -> Directives:
             values["fail"] = int(match["fail"])
         else:
             values[match["flag"].lower()] = True
-    return Directives(**values)
+    return Directives(**values, judge=frozenset(judge))
 
 
 def extract_expressions(text: str) -> list[str]:
@@ -228,9 +270,19 @@ def next_turn(messages: Sequence[Message], tools: Sequence[Mapping[str, Any]]) -
         tools: The OpenAI tools offered (``{"type": "function", "function": {"name": ...}}``).
 
     Returns:
-        Tool calls for the next expression(s), or the final text, with token usage.
+        Tool calls for the next expression(s), or the final text, with token usage; for a
+        request of the critic, the judge's verdict as JSON text.
     """
     directives = read_directives(messages)
+    if is_judge_request(messages):  # before anything else: the task it quotes has arithmetic
+        retry = any(message.get("role") == "assistant" for message in messages)
+        verdict = judge_reply(
+            task_input(messages),
+            retry=retry,
+            flags=directives.judge,
+            reject_calls=directives.review_reject,
+        )
+        return Turn(content=verdict, tool_calls=(), usage=_usage(messages, verdict, directives))
     if directives.loop:
         expressions = [LOOP_EXPRESSION]
     else:
@@ -251,13 +303,72 @@ def next_turn(messages: Sequence[Message], tools: Sequence[Mapping[str, Any]]) -
     if text is None and not calls:
         pending = expressions if directives.loop else expressions[len(results) :]
         calls = _calculator_calls(messages, pending if directives.parallel else pending[:1])
+    if text is not None and directives.draft is not None:
+        text = _draft(text, results, directives.draft, feedback_rounds(messages))
     output = text if text is not None else "".join(call.arguments for call in calls)
+    return Turn(content=text, tool_calls=calls, usage=_usage(messages, output, directives))
+
+
+def is_judge_request(messages: Sequence[Message]) -> bool:
+    """Whether the conversation is the critic's: a system prompt opening with the marker."""
+    return any(
+        message.get("role") in ("system", "developer")
+        and message_text(message.get("content")).lstrip().startswith(JUDGE_MARKER)
+        for message in messages
+    )
+
+
+def feedback_rounds(messages: Sequence[Message]) -> int:
+    """How many revisions the planner asked for: user messages starting ``Reviewer feedback``."""
+    return sum(
+        1
+        for message in messages
+        if message.get("role") == "user"
+        and message_text(message.get("content")).lstrip().startswith(FEEDBACK_PREFIX)
+    )
+
+
+def _draft(text: str, results: Sequence[str], kind: str, rounds: int) -> str:
+    """The final answer as ``[draft=weak|worse]`` makes it after ``rounds`` of feedback.
+
+    ``weak``: ungrounded (``I believe the answer is about 400.`` for 391) until feedback
+    comes, then right. ``worse``: right at first; the first revision adds an unsupported
+    guess (half its numbers ungrounded), later ones are ungrounded and further off.
+    """
+    if kind == "weak":
+        return _weak(results, WEAK_SHIFT) if rounds == 0 else text
+    if rounds == 0:
+        return text
+    if rounds == 1:
+        return f"{text}, or perhaps {', '.join(_shifted(results, WEAK_SHIFT))}."
+    return _weak(results, WEAK_SHIFT * rounds)
+
+
+def _weak(results: Sequence[str], shift: int) -> str:
+    shifted = _shifted(results, shift)
+    if len(shifted) == 1:
+        return f"I believe the answer is about {shifted[0]}."
+    return f"I believe the answers are about {', '.join(shifted[:-1])} and {shifted[-1]}."
+
+
+def _shifted(results: Sequence[str], shift: int) -> list[str]:
+    """The numeric results moved by ``shift`` (``0`` moved when there is none)."""
+    values = []
+    for result in results:
+        try:
+            values.append(float(result))
+        except ValueError:
+            continue
+    moved = [value + shift for value in values or [0.0]]
+    return [str(int(value)) if value.is_integer() else str(value) for value in moved]
+
+
+def _usage(messages: Sequence[Message], output: str, directives: Directives) -> Usage:
     prompt_chars = sum(len(message_text(message.get("content"))) for message in messages)
-    usage = Usage(
+    return Usage(
         prompt_tokens=_tokens(prompt_chars),
         completion_tokens=_tokens(len(output)) if directives.usage is None else directives.usage,
     )
-    return Turn(content=text, tool_calls=calls, usage=usage)
 
 
 def _final_text(

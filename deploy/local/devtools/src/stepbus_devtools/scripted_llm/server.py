@@ -2,7 +2,10 @@
 
 Only what the ``openai`` client needs: ``GET /v1/models`` and ``POST /v1/chat/completions``
 (plain and streamed). Every response carries ``x-stepbus-test-double: true`` so nobody mistakes
-it for a real model.
+it for a real model. ``response_format`` (``text``, ``json_object``, ``json_schema``) is
+checked and accepted; the judge's replies are JSON whatever it asks. A conversation whose task
+says ``[judge=no-structured]`` plays an endpoint without structured output: a request carrying
+``response_format`` gets HTTP 400 naming it.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class ChatRequest:
     tools: list[dict[str, Any]]
     stream: bool
     include_usage: bool
+    response_format: dict[str, Any] | None = None
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
@@ -82,7 +86,29 @@ def parse_chat_request(body: Any) -> ChatRequest:
         raise InvalidRequestError("'tools' must be an array of function tools.")
     if not isinstance(stream, bool) or not isinstance(options, dict):
         raise InvalidRequestError("'stream' must be a boolean and 'stream_options' an object.")
-    return ChatRequest(model, messages, tools, stream, bool(options.get("include_usage")))
+    response_format = body.get("response_format")
+    if response_format is not None:
+        _check_response_format(response_format)
+    return ChatRequest(
+        model, messages, tools, stream, bool(options.get("include_usage")), response_format
+    )
+
+
+def _check_response_format(value: Any) -> None:
+    """``response_format`` as OpenAI accepts it: ``{"type": "text" | "json_object"}``, or
+    ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}``."""
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind not in ("text", "json_object", "json_schema"):
+        raise InvalidRequestError(
+            "'response_format' must be an object whose 'type' is 'text', 'json_object' or "
+            "'json_schema'."
+        )
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise InvalidRequestError("'response_format.json_schema' must name its schema.")
+        if not isinstance(spec.get("schema", {}), dict):
+            raise InvalidRequestError("'response_format.json_schema.schema' must be an object.")
 
 
 def _functions_in(items: Any) -> bool:
@@ -173,6 +199,12 @@ def create_app(latency_ms: tuple[int, int] = (0, 0)) -> Starlette:
         await asyncio.sleep(_latency_seconds(key, latency_ms, directives.latency_ms))
         if directives.fail is not None and failed_once.add(key):
             return _scripted_failure(directives.fail)
+        if chat.response_format is not None and "no-structured" in directives.judge:
+            message = (
+                "Invalid parameter: 'response_format' is not supported with this model "
+                "(scripted [judge=no-structured])."
+            )
+            return _error(400, message, "invalid_request_error", param="response_format")
 
         turn = next_turn(chat.messages, chat.tools)
         completion_id = f"chatcmpl-{key[:24]}"
@@ -258,8 +290,9 @@ def _error(
     kind: str,
     code: str | None = None,
     headers: Mapping[str, str] | None = None,
+    param: str | None = None,
 ) -> Response:
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
