@@ -1,7 +1,8 @@
 """The critic in the loop, as separate processes on the real broker: drafts judged and revised,
 judge replies retried, a dead critic, reviewed tool calls, and crashes mid-critique.
 
-The stack marks the ``remember`` tool for review and waits 3 s for a verdict. The scripted
+The stack marks the ``remember`` tool for review and waits 20 s for a verdict (a critic killed
+and restarted rejoins its group within that: the old member's session ends after 10 s). The scripted
 model gives a weak first draft for ``[draft=weak]`` and weaker revisions for ``[draft=worse]``;
 its judge scores groundedness in the tool results, halves every score for ``[judge=harsh]``,
 answers nonsense for ``[judge=invalid]`` (once for ``[judge=invalid-once]``) and rejects a
@@ -27,7 +28,7 @@ from .test_task_flow import run_task, terminals
 
 pytestmark = pytest.mark.e2e
 
-CRITIQUE_TIMEOUT = 3.0
+CRITIQUE_TIMEOUT = 20.0
 
 
 @pytest.fixture(scope="module")
@@ -156,15 +157,12 @@ async def test_a_rejected_tool_call_never_reaches_the_tool_executor(stack: Stack
 
 
 async def test_an_approved_tool_call_runs_once(stack: Stack) -> None:
-    async with TopicReader(stack.bootstrap, stack.topics.tool_calls) as calls:
-        task_id, events = await run_task(stack, {"input": "Remember that my locker is 42"})
-        await calls.poll()
+    task_id, events = await run_task(stack, {"input": "Remember that my locker is 42"})
     assert completed(events, task_id)["output"] == "I will remember that."
-    [request] = distinct(
-        of(calls.events(), task_id, "stepbus.tool.call_requested"), "stepbus.tool.call_requested"
-    )
-    assert request["data"]["name"] == "remember"
     history = await journal(stack, task_id)
+    calls = await topic_events(stack, stack.topics.tool_calls, task_id)
+    [request] = distinct(calls, "stepbus.tool.call_requested")
+    assert request["data"]["name"] == "remember"
     reviews = [
         v
         for v in distinct(history, "stepbus.critique.completed")
@@ -225,10 +223,11 @@ async def test_killing_the_critic_and_the_planner_mid_critique_loses_nothing(
     )
     steps = [v["data"]["step"] for v in verdicts]
     assert len(steps) == len(set(steps)), "a draft was judged twice"
-    asked = distinct(
-        of(requests.events(), task_id, "stepbus.critique.requested"), "stepbus.critique.requested"
-    )
+    requested = await topic_events(stack, stack.topics.critic_requests, task_id)
+    asked = distinct(requested, "stepbus.critique.requested")
     assert sorted(r["data"]["step"] for r in asked) == sorted(set(steps))
+    # The restarted critic judged the weak draft and its revision; nothing timed out.
+    assert (data["output"], data["critic"]["judged"], steps) == ("391", True, [1, 2])
     assert len(data["critic"]["rounds"]) == len(steps)
     decided = {json.dumps(e, sort_keys=True) for e in history if e["type"] == "stepbus.llm.decided"}
     assert len(decided) == len({json.loads(d)["data"]["step"] for d in decided})

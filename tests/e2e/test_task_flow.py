@@ -81,7 +81,7 @@ async def test_cloudevent_from_plain_kafka_client_completes_exactly_once(stack: 
     assert ends[0]["data"]["output"] == "391"
     assert ends[0]["tenant"] == "acme"
     stages = [e["data"]["stage"] for e in events if e["type"] == "stepbus.task.progress"]
-    assert stages == ["accepted", "memory", "action", "observation"]
+    assert stages == ["accepted", "memory", "action", "observation", "critique", "critique"]
 
 
 async def test_multi_step_task_runs_one_tool_call_per_step(stack: Stack) -> None:
