@@ -12,10 +12,10 @@ from stepbus_devtools import stack
 
 __all__ = ["KILL_TARGETS", "SERVICES", "ChaosConfig", "parse_args"]
 
-SERVICES = ("scripted-llm", "tool-executor", "memory", "planner", "gateway")
+SERVICES = ("scripted-llm", "tool-executor", "memory", "critic", "planner", "gateway")
 """The service processes of the stack, in start order."""
 
-KILL_TARGETS = ("planner", "tool-executor", "gateway", "scripted-llm", "memory")
+KILL_TARGETS = ("planner", "tool-executor", "gateway", "scripted-llm", "memory", "critic")
 """The services a kill may hit, in the order the seeded draws pick from."""
 
 

@@ -39,8 +39,8 @@ __all__ = [
     "scrape",
 ]
 
-SERVICES = ("planner", "tool-executor", "memory", "gateway")
-"""The services that consume what the fuzz writes."""
+SERVICES = ("planner", "tool-executor", "memory", "critic", "gateway")
+"""The services that consume what the fuzz writes (the critic: what the planner asks of it)."""
 
 COUNTERS = ("stepbus_records_total", "stepbus_dlq_records_total", "stepbus_records_dropped_total")
 """The Prometheus counters read before and after the run."""
@@ -49,12 +49,14 @@ _PORTS = {
     "planner": ("STEPBUS_PLANNER_METRICS_PORT", 9101),
     "tool-executor": ("STEPBUS_TOOL_EXECUTOR_METRICS_PORT", 9102),
     "memory": ("STEPBUS_MEMORY_METRICS_PORT", 9103),
+    "critic": ("STEPBUS_CRITIC_METRICS_PORT", 9104),
     "gateway": ("STEPBUS_GATEWAY_PORT", 8080),
 }
 _HOSTS = {
     "planner": "STEPBUS_PLANNER_METRICS_HOST",
     "tool-executor": "STEPBUS_TOOL_EXECUTOR_METRICS_HOST",
     "memory": "STEPBUS_MEMORY_METRICS_HOST",
+    "critic": "STEPBUS_CRITIC_METRICS_HOST",
     "gateway": "STEPBUS_GATEWAY_HOST",
 }
 
@@ -106,6 +108,9 @@ def _service(name: str, pid: int) -> Service:
         # The group of its processor that reads what the fuzz writes (tasks, results).
         group_id = prefix + (env.get("STEPBUS_MEMORY_GROUP_ID") or "stepbus-memory") + "-store"
         group = Group(group_id, (topics.results, topics.tasks))
+    elif name == "critic":
+        group_id = prefix + (env.get("STEPBUS_CRITIC_GROUP_ID") or "stepbus-critic")
+        group = Group(group_id, (topics.critic_requests,))
     else:  # GatewaySettings.feed_group_id
         instance = env.get("STEPBUS_GATEWAY_INSTANCE_ID") or f"{socket.gethostname()}-{port}"
         group = Group(f"{prefix}gateway-{instance}", (topics.results,))
