@@ -880,3 +880,24 @@ def test_a_judge_request_reads_directives_from_its_task_only() -> None:
     assert read_directives(messages).judge == frozenset()
     verdict = json.loads(next_turn(messages, []).content or "")
     assert verdict["score"] == 1.0
+
+
+def test_a_tool_directive_calls_that_tool_with_the_inputs_json_and_answers_its_result() -> None:
+    tool = {"type": "function", "function": {"name": "files__append", "parameters": {}}}
+    text = 'Note this down [tool=files__append] {"line": "milk", "n": [1, 2]}'
+    messages: list[dict[str, Any]] = [{"role": "user", "content": text}]
+    first = next_turn(messages, [tool])
+    [call] = first.tool_calls
+    assert (call.name, json.loads(call.arguments)) == (
+        "files__append",
+        {"line": "milk", "n": [1, 2]},
+    )
+    messages += [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": call.arguments}}]},
+        {"role": "tool", "tool_call_id": call.id, "content": "appended 1 line"},
+    ]  # fmt: skip
+    assert next_turn(messages, [tool]).content == "appended 1 line"
+    # Not offered: the directive does nothing.
+    assert next_turn([{"role": "user", "content": text}], []).tool_calls == ()

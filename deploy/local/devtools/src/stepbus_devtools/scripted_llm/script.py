@@ -70,6 +70,7 @@ _DIRECTIVE = re.compile(
     r"|judge\s*=\s*(?P<judge>invalid-once|invalid|harsh|no-structured)"
     r"|review\s*=\s*(?P<review>reject)"
     r"|draft\s*=\s*(?P<draft>weak|worse)"
+    r"|tool\s*=\s*(?P<tool>[A-Za-z0-9_-]{1,64})"
     r"|(?P<flag>parallel|loop)"
     r")\s*\]",
     re.IGNORECASE,
@@ -99,6 +100,8 @@ class Directives:
         review_reject: ``[review=reject]``: the judge rejects every reviewed tool call.
         draft: ``weak``: the final answer is ungrounded until the conversation has reviewer
             feedback; ``worse``: the first draft is right and each revision worse.
+        tool: ``[tool=NAME]``: call the offered tool ``NAME`` once, with the first JSON object
+            of the input as its arguments (``{}`` without one), and answer with its result.
     """
 
     latency_ms: tuple[int, int] | None = None
@@ -109,6 +112,7 @@ class Directives:
     judge: frozenset[str] = frozenset()
     review_reject: bool = False
     draft: str | None = None
+    tool: str | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,8 @@ def read_directives(messages: Sequence[Message]) -> Directives:
             values["review_reject"] = True
         elif match["draft"]:
             values["draft"] = match["draft"].lower()
+        elif match["tool"]:
+            values["tool"] = match["tool"]
         elif match["latency"]:
             values["latency_ms"] = parse_latency_range(match["latency"])
         elif match["usage"]:
@@ -290,7 +296,13 @@ def next_turn(messages: Sequence[Message], tools: Sequence[Mapping[str, Any]]) -
     results = _tool_results(messages)
     remember = _REMEMBER_INPUT.match(task_input(messages))
     calls: tuple[ToolCall, ...] = ()
-    if remember and REMEMBER in _tool_names(tools) and not directives.loop:
+    if directives.tool is not None and directives.tool in _tool_names(tools):
+        text = results[-1] if results else None  # the tool's result is the answer
+        if text is None:
+            arguments = json.dumps(_json_object(task_input(messages)))
+            call_id = "call_" + conversation_hash(messages)[:12]
+            calls = (ToolCall(id=call_id, name=directives.tool, arguments=arguments),)
+    elif remember and REMEMBER in _tool_names(tools) and not directives.loop:
         text = "I will remember that." if results else None
         if text is None:
             fact = json.dumps({"fact": remember["fact"]})
@@ -467,3 +479,16 @@ def recall_answer(messages: Sequence[Message]) -> str | None:
     if stored:
         return f"From memory: {' '.join(stored[0].split())}"
     return None
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """The first JSON object written in ``text`` (``{}`` when there is none)."""
+    decoder = json.JSONDecoder()
+    for start in (i for i, char in enumerate(text) if char == "{"):
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return {}
