@@ -63,6 +63,7 @@ async def run_worker(
     metrics_port: int,
     on_started: Callable[[], Awaitable[None]] | None = None,
     also: Sequence[Processor] = (),
+    detail: Callable[[], str] | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT: finished work is committed, unfinished work left for others.
 
@@ -76,6 +77,8 @@ async def run_worker(
             stopped and reported in ``/readyz`` with ``processor``. A service splits its work
             this way when one kind must not wait behind another (the memory service answers
             recalls in a group of their own, apart from the backlog of what it remembers).
+        detail: A line added to the ``/readyz`` body (e.g. degraded dependencies that leave
+            the service ready); empty when there is nothing to say.
     """
     await ensure_topics(
         settings.kafka_bootstrap_servers,
@@ -93,7 +96,10 @@ async def run_worker(
             answers = [p.health() for p in processors]
             bad = [f"{p.name}: {why}" for p, (ok, why) in zip(processors, answers, strict=True)
                    if not ok]  # fmt: skip
-            return (not bad, "; ".join(bad) or "ready")
+            extra = detail() if detail is not None else ""
+            if not bad:
+                return (True, f"ready; {extra}" if extra else "ready")
+            return (False, "; ".join([*bad, extra] if extra else bad))
 
         server = await serve_health(settings.metrics_host, metrics_port, health)
         tune_gc()

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from stepbus_contracts import ToolRegistered, ToolRegisteredData, tool_calls_adapter
+from stepbus_contracts import tool_calls_adapter
 from stepbus_runtime import (
     Emit,
     EventPublisher,
@@ -19,9 +19,13 @@ from stepbus_runtime import (
 )
 
 from .audit import ExecutionLog
+from .catalog import catalog_events
 from .handlers import ToolCallHandler
 from .ledger import Ledger
-from .registry import ToolRegistry, builtin_registry
+from .mcp_config import SEPARATOR, McpConfig, load_mcp_config
+from .mcp_servers import McpServers
+from .mcp_session import Backoff
+from .registry import builtin_registry
 from .settings import ToolExecutorSettings
 
 __all__ = ["catalog_events", "main"]
@@ -30,29 +34,6 @@ log = logging.getLogger(__name__)
 
 FORGET_BATCH = 10_000
 """Idle task ledgers forgotten per sweep at most, so a burst never floods the queues."""
-
-
-def catalog_events(
-    registry: ToolRegistry, topic: str, reviewed: frozenset[str] = frozenset()
-) -> list[Emit]:
-    """One ``stepbus.tool.registered`` per tool, keyed by tool name; the tools in ``reviewed``
-    are marked for review by the critic."""
-    return [
-        Emit(
-            topic,
-            ToolRegistered(
-                source="urn:stepbus:tool-executor",
-                subject=tool.name,
-                data=ToolRegisteredData(
-                    name=tool.name,
-                    description=tool.description,
-                    parameters=tool.parameters,
-                    review=tool.name in reviewed,
-                ),
-            ),
-        )
-        for tool in registry.tools.values()
-    ]
 
 
 async def main(settings: ToolExecutorSettings | None = None) -> None:
@@ -80,20 +61,40 @@ async def main(settings: ToolExecutorSettings | None = None) -> None:
     )
 
     reviewed = settings.reviewed()
-    if unknown := sorted(reviewed - set(registry.tools)):
+    config = load_mcp_config(settings.mcp_config) if settings.mcp_config else McpConfig()
+    servers = McpServers(
+        config,
+        registry,
+        publisher.publish,
+        topics.tool_catalog,
+        reviewed,
+        concurrency=settings.mcp_tool_concurrency,
+        ping_interval=settings.mcp_ping_interval_seconds,
+        backoff=Backoff(settings.mcp_restart_initial_seconds, settings.mcp_restart_max_seconds),
+    )
+    unknown = [
+        name for name in sorted(reviewed - set(registry.tools))
+        if name.split(SEPARATOR, 1)[0] not in config.servers  # MCP tools are listed later
+    ]  # fmt: skip
+    if unknown:
         log.warning("STEPBUS_TOOL_EXECUTOR_REVIEW_TOOLS names unknown tools: %s", unknown)
 
     async def announce() -> None:
         await publisher.publish(catalog_events(registry, topics.tool_catalog, reviewed))
+        # After the publisher is up: each server's listing is published as it comes.
+        await servers.start(settings.mcp_start_wait_seconds)
 
     retention = settings.ledger_retention_seconds
     sweeper = asyncio.create_task(forget_idle(processor, ledger, publisher, retention))
     try:
-        await run_worker(settings, publisher, processor, settings.metrics_port, announce)
+        await run_worker(
+            settings, publisher, processor, settings.metrics_port, announce, detail=servers.detail
+        )
     finally:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
+        await servers.stop()
 
 
 async def forget_idle(

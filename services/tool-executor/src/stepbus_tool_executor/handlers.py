@@ -26,7 +26,13 @@ from stepbus_runtime.metrics import DROPPED_RECORDS
 
 from .audit import ExecutionLog
 from .ledger import Ledger
-from .registry import ToolInputError, ToolRegistry
+from .registry import (
+    CallContext,
+    ToolFailedError,
+    ToolInputError,
+    ToolRegistry,
+    ToolUnavailableError,
+)
 
 __all__ = ["ToolCallHandler"]
 
@@ -106,13 +112,23 @@ class ToolCallHandler:
         if tool is None:
             known = ", ".join(sorted(self._registry.tools)) or "none"
             return _failure(f"unknown tool {call.name!r}; available: {known}", "unknown_tool")
+        if tool.check is not None:
+            try:
+                tool.check(call.arguments)  # before the call is run, or logged as run
+            except ToolInputError as exc:
+                return _failure(str(exc), "invalid_arguments")
         self._executions.executed(call.idempotency_key, call.name)
+        run = tool.run(
+            call.arguments, CallContext(call.idempotency_key, command.subject, command.tenant)
+        )
         try:
-            output = await asyncio.wait_for(
-                tool.run(call.arguments, call.idempotency_key), timeout=call.timeout_seconds
-            )
+            output = await asyncio.wait_for(run, timeout=call.timeout_seconds)
         except ToolInputError as exc:
             return _failure(str(exc), "invalid_arguments")
+        except ToolUnavailableError as exc:
+            return _failure(str(exc), "unavailable")
+        except ToolFailedError as exc:
+            return _failure(str(exc), "tool_error")
         except TimeoutError:
             return _failure(f"timed out after {call.timeout_seconds:g}s", "timeout")
         except Exception as exc:

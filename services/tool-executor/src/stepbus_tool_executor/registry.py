@@ -10,24 +10,71 @@ from stepbus_contracts import MAX_FACT_LENGTH
 
 from .calculator import CalculatorError, evaluate, format_number
 
-__all__ = ["Tool", "ToolInputError", "ToolRegistry", "builtin_registry"]
+__all__ = [
+    "CallContext",
+    "Tool",
+    "ToolError",
+    "ToolFailedError",
+    "ToolInputError",
+    "ToolRegistry",
+    "ToolUnavailableError",
+    "builtin_registry",
+]
 
 
-class ToolInputError(Exception):
+class ToolError(Exception):
+    """Root of the errors a tool raises to say how its call failed (none is retried)."""
+
+
+class ToolInputError(ToolError):
     """The arguments are wrong; the model should correct them (not retryable as is)."""
+
+
+class ToolUnavailableError(ToolError):
+    """The tool cannot be reached now (its server is down); the model may try another way."""
+
+
+class ToolFailedError(ToolError):
+    """The tool ran and reported an error; retrying the same call would not help."""
+
+
+class CallContext(str):
+    """The idempotency key of a call (the string itself), with the task and tenant it is for.
+
+    A ``str`` so that a tool written as ``run(arguments, idempotency_key)`` keeps working.
+    """
+
+    task_id: str
+    tenant: str
+
+    def __new__(cls, idempotency_key: str, task_id: str = "", tenant: str = "") -> CallContext:
+        context = super().__new__(cls, idempotency_key)
+        context.task_id = task_id
+        context.tenant = tenant
+        return context
+
+    @property
+    def idempotency_key(self) -> str:
+        """``task_id:step:call_index``."""
+        return str(self)
 
 
 @dataclass(frozen=True)
 class Tool:
-    """A callable tool: ``run(arguments, idempotency_key) -> text``."""
+    """A callable tool: ``run(arguments, call) -> text``, ``call`` being its ``CallContext``."""
 
     name: str
     description: str
     parameters: dict[str, Any]
-    run: Callable[[dict[str, Any], str], Awaitable[str]]
+    run: Callable[[dict[str, Any], CallContext], Awaitable[str]]
     remembers: str | None = None
     """The argument holding a fact to keep in long-term memory: the executor asks the memory
     service to remember it (``stepbus.memory.remember_requested``) when the call succeeds."""
+    source: str = "builtin"
+    """``builtin`` or ``mcp:<server>`` (the catalog's ``source``)."""
+    check: Callable[[dict[str, Any]], None] | None = None
+    """Validates the arguments before the call is run (or logged as run); raises
+    ``ToolInputError``."""
 
 
 @dataclass
@@ -40,12 +87,16 @@ class ToolRegistry:
         """Register ``tool`` under its name."""
         self.tools[tool.name] = tool
 
+    def remove(self, name: str) -> None:
+        """Forget the tool called ``name``, if registered."""
+        self.tools.pop(name, None)
+
     def get(self, name: str) -> Tool | None:
         """The tool called ``name``, if registered."""
         return self.tools.get(name)
 
 
-async def _calculator(arguments: dict[str, Any], idempotency_key: str) -> str:
+async def _calculator(arguments: dict[str, Any], call: CallContext) -> str:
     expression = arguments.get("expression")
     if not isinstance(expression, str) or not expression.strip():
         raise ToolInputError('calculator needs {"expression": "<arithmetic>"}')
@@ -67,7 +118,7 @@ CALCULATOR = Tool(
 )
 
 
-async def _remember(arguments: dict[str, Any], idempotency_key: str) -> str:
+async def _remember(arguments: dict[str, Any], call: CallContext) -> str:
     fact = arguments.get("fact")
     if not isinstance(fact, str) or not fact.strip():
         raise ToolInputError('remember needs {"fact": "<what to remember>"}')

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 from stepbus_runtime import ServiceSettings
 
@@ -33,6 +33,30 @@ class ToolExecutorSettings(ServiceSettings):
         default="",
         description="Comma-separated names of tools whose calls the critic must approve before "
         "they run (the catalog's `review` flag), e.g. `remember,shell`.",
+    )
+
+    mcp_config: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("STEPBUS_MCP_CONFIG"),
+        description="JSON file of MCP servers in the `mcpServers` format; their tools are "
+        "published as `<server>__<tool>`.",
+    )
+    mcp_tool_concurrency: int = Field(
+        default=8, ge=1, description="Calls of one MCP tool in flight at most."
+    )
+    mcp_ping_interval_seconds: float = Field(
+        default=10.0, gt=0, description="Seconds between liveness pings of each MCP server."
+    )
+    mcp_restart_initial_seconds: float = Field(
+        default=0.5, gt=0, description="First delay before restarting a failed MCP server."
+    )
+    mcp_restart_max_seconds: float = Field(
+        default=30.0, gt=0, description="Longest delay between restarts (doubling up to it)."
+    )
+    mcp_start_wait_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="At start, how long to wait for MCP servers before consuming calls.",
     )
 
     def reviewed(self) -> frozenset[str]:
