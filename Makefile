@@ -59,6 +59,7 @@ eval-memory: deps
 bench: up
 	$(PY) -m stepbus_devtools.bench $(BENCH_ARGS)
 	$(PY) -m stepbus_devtools.memory_bench $(MEMORY_BENCH_ARGS)
+	$(PY) -m stepbus_devtools.mcp_bench
 
 chaos: up
 	$(PY) -m stepbus_devtools.chaos $(CHAOS_ARGS)
