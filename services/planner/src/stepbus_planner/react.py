@@ -164,8 +164,7 @@ def out_of_budget(state: TaskState, now: datetime) -> Finish | Fail | None:
         message = f"used {state.usage.total_tokens} tokens, budget is {task.token_budget}"
     else:
         return None
-    drafts = [s for s in state.decisions if state.is_draft(s)]
-    if drafts:
+    if any(state.is_draft(step) for step in state.decisions):
         return best_draft(state)
     return Fail(reason, message)
 
@@ -178,15 +177,7 @@ def _after_critique(state: TaskState, trigger: CritiqueCompleted | CritiqueFaile
         decision = state.decisions[verdict.step]
         calls = [c for c in decision.tool_calls if c.call_index == verdict.call_index]
         return Dispatch(verdict.step, calls)
-    policy = state.task.critic if state.task else None
-    if (
-        policy is not None
-        and isinstance(verdict, CritiqueCompletedData)
-        and (verdict.score or 0.0) < policy.threshold
-        and state.revisions < policy.max_revisions
-    ):
-        return AskModel(verdict.step + 1)
-    return best_draft(state)
+    return AskModel(verdict.step + 1) if state.revision_due else best_draft(state)
 
 
 def best_draft(state: TaskState) -> Finish:
@@ -214,7 +205,7 @@ def best_draft(state: TaskState) -> Finish:
     summary = CriticSummary(
         judged=judged,
         score=score,
-        revisions=sum(1 for r in rounds if r.step < last),
+        revisions=state.revisions,
         rounds=rounds,
     )
     return Finish(state.decisions[chosen].content or "", summary)

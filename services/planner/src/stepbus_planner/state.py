@@ -115,6 +115,19 @@ class TaskState(BaseModel):
         count against ``max_iterations``)."""
         return (self.task.max_iterations if self.task else 0) + self.revisions
 
+    @property
+    def revision_due(self) -> bool:
+        """True when the latest step is a draft the critic scored below the task's threshold
+        and revisions are left: the model is asked for the revision next."""
+        policy = self.task.critic if self.task else None
+        critique = self.critique("answer", self.step) if self.is_draft(self.step) else None
+        return (
+            policy is not None
+            and isinstance(critique, CritiqueCompletedData)
+            and (critique.score or 0.0) < policy.threshold
+            and self.revisions < policy.max_revisions
+        )
+
     def is_draft(self, step: int) -> bool:
         """True when the decision at ``step`` is a final answer (no tool calls)."""
         decision = self.decisions.get(step)

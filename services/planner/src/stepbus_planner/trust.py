@@ -26,7 +26,6 @@ from datetime import datetime, timedelta
 from stepbus_contracts import (
     MAX_DEADLINE_SECONDS,
     CritiqueCompleted,
-    CritiqueCompletedData,
     CritiqueFailed,
     LlmDecided,
     MemoryRecalled,
@@ -77,13 +76,13 @@ def refusal(state: TaskState, event: HistoryEventT, now: datetime) -> str | None
         step = event.data.step
         if step in state.decisions:
             return None
-        if step != state.step + 1 or step >= state.step_limit + _revising(state):
+        if step != state.step + 1 or step >= state.step_limit + state.revision_due:
             return "unexpected_step"
         if step == 0 and state.awaiting_recall:
             return "unexpected_step"  # step 0 is asked only once the recall is recorded
         if step > 0 and not state.step_complete(step - 1):
             return "unexpected_step"
-        if step > 0 and state.is_draft(step - 1) and not _revising(state):
+        if step > 0 and state.is_draft(step - 1) and not state.revision_due:
             return "unexpected_step"  # after a draft only a revision the critic asked for
         return None
     if isinstance(event, CritiqueCompleted | CritiqueFailed):
@@ -105,18 +104,6 @@ def refusal(state: TaskState, event: HistoryEventT, now: datetime) -> str | None
             return "unexpected_outcome"
         return None
     return None
-
-
-def _revising(state: TaskState) -> int:
-    """1 when the latest step is a draft the critic sent back for revision, else 0."""
-    critique = state.critique("answer", state.step) if state.is_draft(state.step) else None
-    policy = state.task.critic if state.task else None
-    return int(
-        isinstance(critique, CritiqueCompletedData)
-        and policy is not None
-        and (critique.score or 0.0) < policy.threshold
-        and state.revisions < policy.max_revisions
-    )
 
 
 def _acceptance_refusal(state: TaskState, event: TaskAccepted, now: datetime) -> str | None:
