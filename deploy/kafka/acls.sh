@@ -56,7 +56,7 @@ STEPBUS_HOME="${STEPBUS_HOME:-$REPO/.stepbus}"
 # The topic catalog (suffixes), in the order of topics.py; tests/unit/test_acls.py keeps the
 # two in step.
 CATALOG=(tasks planner.history planner.snapshots tool.calls tool.ledger tool.catalog
-    memory.requests memory.items memory.sessions critic.requests results dlq dlq.redriven
+    memory.requests memory.items memory.sessions critic.requests results audit dlq dlq.redriven
     payloads)
 ROLES=(planner tool-executor gateway memory critic upstream operator)
 
@@ -238,17 +238,20 @@ grant_planner() {
         topic:tool.catalog topic:payloads "group:$PREFIX$PLANNER_GROUP_ID"
     # memory.requests: the recall asked for before a task's first step; critic.requests: the
     # critiques of drafts and of reviewed tool calls.
+    # audit: the outcomes of approvals.
     acl planner literal Write topic:planner.history topic:planner.snapshots topic:tool.calls \
-        topic:memory.requests topic:critic.requests topic:results topic:dlq topic:payloads
+        topic:memory.requests topic:critic.requests topic:results topic:audit topic:dlq \
+        topic:payloads
     acl planner literal Describe "${ALL_TOPICS[@]}"
 }
 
 grant_tool_executor() {
     acl tool-executor literal Read topic:tool.calls topic:tool.ledger topic:payloads \
         "group:$PREFIX$TOOL_EXECUTOR_GROUP_ID"
-    # memory.requests: the facts the remember tool stores.
+    # memory.requests: the facts the remember tool stores; audit: its policy decisions and
+    # flagged tool outputs.
     acl tool-executor literal Write topic:planner.history topic:tool.ledger topic:tool.catalog \
-        topic:memory.requests topic:dlq topic:payloads
+        topic:memory.requests topic:audit topic:dlq topic:payloads
     acl tool-executor literal Describe "${ALL_TOPICS[@]}"
 }
 
@@ -293,7 +296,8 @@ grant_operator() {
     # to the topics a processor consumes (planner: tasks, planner.history; tool-executor:
     # tool.calls; the gateway's results feed: results; memory: memory.requests, tasks,
     # results; critic: critic.requests) and writes its markers.
-    acl operator literal Read topic:dlq topic:dlq.redriven
+    # audit: the operator (or an auditor with its principal) reads the audit trail.
+    acl operator literal Read topic:dlq topic:dlq.redriven topic:audit
     acl operator literal Write topic:tasks topic:planner.history topic:tool.calls \
         topic:memory.requests topic:critic.requests topic:results topic:dlq.redriven
     acl operator literal Describe "${ALL_TOPICS[@]}"

@@ -20,6 +20,13 @@ from stepbus_contracts import (
     MAX_DURATION_MS,
     MAX_ITERATIONS,
     MAX_TOKEN_BUDGET,
+    ApprovalDecided,
+    ApprovalDecidedData,
+    ApprovalRequested,
+    ApprovalRequestedData,
+    ApprovalResolved,
+    ApprovalResolvedData,
+    Clearance,
     CloudEvent,
     CriticPolicy,
     CriticRound,
@@ -32,6 +39,8 @@ from stepbus_contracts import (
     CritiqueRequested,
     CritiqueRequestedData,
     FailureReason,
+    InjectionFlagged,
+    InjectionFlaggedData,
     LlmDecided,
     LlmDecidedData,
     MemoryDocumentAdded,
@@ -48,6 +57,8 @@ from stepbus_contracts import (
     MemoryRememberRequestedData,
     MemoryTurn,
     PlannedToolCall,
+    PolicyDecided,
+    PolicyDecidedData,
     RecallStatus,
     TaskAccepted,
     TaskAcceptedData,
@@ -68,6 +79,8 @@ from stepbus_contracts import (
     ToolCallCompletedData,
     ToolCallFailed,
     ToolCallFailedData,
+    ToolCallHeld,
+    ToolCallHeldData,
     ToolCallRequested,
     ToolCallRequestedData,
 )
@@ -159,6 +172,14 @@ tool_call_refs = {
     "idempotency_key": short_text,
 }
 
+roles = st.lists(st.from_regex(r"[A-Za-z0-9._:-]{1,64}", fullmatch=True), max_size=3)
+call_refs = {
+    "step": counts,
+    "call_index": st.integers(min_value=0, max_value=50),
+    "tool": short_text,
+}
+approval_refs = {**call_refs, "approval_id": st.text(min_size=1, max_size=20)}
+
 DATA = {
     TaskSubmitted: st.builds(
         TaskSubmittedData,
@@ -170,6 +191,7 @@ DATA = {
         deadline_seconds=st.floats(min_value=0, max_value=MAX_DEADLINE_SECONDS, exclude_min=True),
         token_budget=token_budgets,
         critic=critic_policies,
+        roles=roles,
         metadata=metadata,
     ),
     TaskCancelRequested: st.builds(TaskCancelRequestedData, reason=short_text),
@@ -177,7 +199,7 @@ DATA = {
         TaskProgressData,
         step=counts,
         stage=st.sampled_from(
-            ["accepted", "memory", "thought", "action", "observation", "critique"]
+            ["accepted", "memory", "thought", "action", "observation", "critique", "approval"]
         ),
         message=short_text,
         tool=st.none() | short_text,
@@ -220,6 +242,7 @@ DATA = {
         user_id=optional_ids,
         memory=st.booleans(),
         critic=critic_policies,
+        roles=roles,
         tools=st.lists(tool_names, max_size=4),
         max_iterations=st.integers(min_value=1, max_value=MAX_ITERATIONS),
         deadline_at=times,
@@ -254,6 +277,28 @@ DATA = {
         **tool_call_refs,
         arguments=arguments,
         timeout_seconds=st.floats(min_value=0, max_value=MAX_DEADLINE_SECONDS, exclude_min=True),
+        roles=roles,
+        offered=st.none() | st.lists(tool_names, max_size=4),
+        metadata=metadata,
+        flagged=st.booleans(),
+        clearance=st.none()
+        | st.builds(
+            Clearance,
+            gate=st.sampled_from(["approval", "review"]),
+            approval_id=st.none() | st.text(min_size=1, max_size=20),
+            by=short_text,
+            reason=short_text,
+        ),
+    ),
+    ToolCallHeld: st.builds(
+        ToolCallHeldData,
+        **tool_call_refs,
+        gate=st.sampled_from(["approval", "review"]),
+        rule=short_text,
+        reason=short_text,
+        approval_id=st.none() | st.text(min_size=1, max_size=20),
+        approvers=st.lists(short_text, max_size=3),
+        expires_at=st.none() | times,
     ),
     ToolCallCompleted: st.builds(
         ToolCallCompletedData,
@@ -261,6 +306,9 @@ DATA = {
         output=short_text,
         duration_ms=durations,
         replayed=st.booleans(),
+        source=short_text,
+        flags=st.lists(short_text, max_size=3),
+        truncated=st.booleans(),
     ),
     ToolCallFailed: st.builds(
         ToolCallFailedData,
@@ -348,6 +396,53 @@ DATA = {
         scope=st.just("tenant"),
         session_id=st.none() | st.text(min_size=1, max_size=20),
         user_id=optional_ids,
+    ),
+}
+DATA |= {
+    ApprovalRequested: st.builds(
+        ApprovalRequestedData,
+        **approval_refs,
+        arguments=arguments,
+        approvers=st.lists(short_text, max_size=3),
+        rule=short_text,
+        reason=short_text,
+        expires_at=times,
+    ),
+    ApprovalDecided: st.builds(
+        ApprovalDecidedData,
+        approval_id=st.text(min_size=1, max_size=20),
+        decision=st.sampled_from(["approve", "deny"]),
+        by=st.text(min_size=1, max_size=20),
+        reason=short_text,
+    ),
+    ApprovalResolved: st.builds(
+        ApprovalResolvedData,
+        **approval_refs,
+        outcome=st.sampled_from(["approved", "denied", "expired"]),
+        by=short_text,
+        reason=short_text,
+        decided_id=st.none() | st.text(min_size=1, max_size=20),
+    ),
+    PolicyDecided: st.builds(
+        PolicyDecidedData,
+        **call_refs,
+        decision=st.sampled_from(["allow", "deny", "approval_required", "review_required"]),
+        rule=short_text,
+        reason=short_text,
+        task_id=short_text,
+        tenant=short_text,
+        roles=st.lists(short_text, max_size=3),
+        server=st.none() | short_text,
+        idempotency_key=short_text,
+        flagged=st.booleans(),
+        approval_id=st.none() | short_text,
+    ),
+    InjectionFlagged: st.builds(
+        InjectionFlaggedData,
+        **call_refs,
+        source=short_text,
+        findings=st.lists(short_text, max_size=3),
+        idempotency_key=short_text,
     ),
 }
 """A strategy for the ``data`` of every event type the channels carry."""

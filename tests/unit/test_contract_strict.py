@@ -20,6 +20,7 @@ import regress
 from jsonschema import Draft202012Validator, ValidationError, validators
 from pydantic import TypeAdapter
 from stepbus_contracts import (
+    audit_adapter,
     critic_requests_adapter,
     history_adapter,
     memory_requests_adapter,
@@ -43,6 +44,7 @@ CHANNEL_ADAPTERS: dict[str, TypeAdapter[Any]] = {
     "tool_calls": tool_calls_adapter,
     "memory_requests": memory_requests_adapter,
     "critic_requests": critic_requests_adapter,
+    "audit": audit_adapter,
 }
 """The adapter ``decode`` uses for each AsyncAPI channel."""
 

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import pytest
 from stepbus_contracts import (
+    ApprovalDecided,
     CloudEvent,
     CriticPolicy,
     CritiqueRequested,
@@ -32,6 +33,7 @@ from stepbus_contracts import (
     ToolCallCompleted,
     ToolCallCompletedData,
     ToolCallFailed,
+    ToolCallFailedData,
     ToolCallRequested,
     Topics,
     derive_id,
@@ -130,8 +132,26 @@ RESULTS = {"17 * 23": "391", "391 + 1": "392"}
 
 
 def fake_executor(command: ToolCallRequested) -> list[CloudEvent]:
-    """What the tool-executor would put on planner.history for ``command``."""
+    """What the tool-executor would put on planner.history for ``command``: a call to a tool
+    the task was not offered is denied, as the executor's policy does."""
     call = command.data
+    if call.offered is not None and call.name not in call.offered:
+        return [
+            ToolCallFailed(
+                id=derive_id(command.id, "outcome"),
+                source="urn:test:executor",
+                subject=command.subject,
+                tenant=command.tenant,
+                data=ToolCallFailedData(
+                    step=call.step,
+                    call_index=call.call_index,
+                    name=call.name,
+                    idempotency_key=call.idempotency_key,
+                    error=f"denied: tool {call.name!r} was not offered to this task",
+                    error_type="denied",
+                ),
+            )
+        ]
     return [
         ToolCallCompleted(
             id=derive_id(command.id, "outcome"),
@@ -255,7 +275,7 @@ class Loop:
         return await self.handlers.on_history(cast(HistoryEventT, event), ctx)
 
     async def task(
-        self, event: TaskSubmitted | TaskCancelRequested, *, attempt: int = 1
+        self, event: TaskSubmitted | TaskCancelRequested | ApprovalDecided, *, attempt: int = 1
     ) -> Sequence[Emit]:
         outputs = await self.handlers.on_task(event, context(TOPICS.tasks, attempt=attempt))
         await self.pump(outputs)
@@ -287,6 +307,8 @@ class Loop:
                 verdict = self.critic(emit.event)  # None: held (answered by the test, if at all)
                 if verdict is not None:
                     queue.append(Emit(TOPICS.planner_history, verdict))
+            elif emit.topic == TOPICS.audit:
+                continue  # the audit trail: read by the tests through `emitted`
             else:
                 assert emit.topic == TOPICS.results, emit.topic
 
@@ -393,7 +415,8 @@ async def test_the_model_sees_the_offered_tools_and_the_tool_result() -> None:
     assert second_messages[-1] == {
         "role": "tool",
         "tool_call_id": "llm-call-0",
-        "content": "391",
+        "content": '<tool_output tool="calculator" source="builtin" trust="untrusted">\n391\n'
+        "</tool_output>",
     }
 
 
@@ -455,7 +478,7 @@ async def test_the_model_is_asked_again_after_a_step_of_several_tool_calls() -> 
     [terminal] = loop.terminals()
     assert isinstance(terminal, TaskCompleted) and terminal.data.steps == 3
     tool_messages = [m["content"] for m in model.calls[1][0] if m["role"] == "tool"]
-    assert tool_messages == ["391", "392"]
+    assert [m.split("\n")[1] for m in tool_messages] == ["391", "392"]
 
 
 async def test_a_task_that_never_answers_fails_at_max_iterations() -> None:
@@ -677,17 +700,21 @@ async def test_a_non_retryable_model_error_fails_the_task_at_once() -> None:
 # -- tool calls -------------------------------------------------------------------------------
 
 
-async def test_a_tool_that_was_not_offered_is_refused_by_the_planner() -> None:
+async def test_a_tool_that_was_not_offered_goes_to_the_executor_with_what_was_offered() -> None:
     model = ScriptedModel(tool_turn(("search", '{"q": "x"}')), answer("sorry"))
     loop = Loop(model, catalog=("calculator", "search"))
-    await loop.task(submitted(tools=["calculator"]))
+    await loop.task(submitted(tools=["calculator"], roles=["analyst"], metadata={"env": "prod"}))
 
-    assert loop.on(TOPICS.tool_calls) == []
+    [command] = loop.on(TOPICS.tool_calls)
+    assert isinstance(command, ToolCallRequested)
+    # The executor's policy denies it (and audits the denial): it knows what was offered.
+    assert command.data.name == "search" and command.data.offered == ["calculator"]
+    assert command.data.roles == ["analyst"] and command.data.metadata == {"env": "prod"}
     [refusal] = [e for e in loop.history if isinstance(e, ToolCallFailed)]
-    assert isinstance(refusal, ToolCallFailed)
-    assert refusal.data.error_type == "unknown_tool"
-    assert refusal.data.idempotency_key == f"{TASK}:0:0"
-    assert model.calls[1][0][-1]["content"] == "error: tool 'search' is not offered"
+    assert refusal.data.error_type == "denied"
+    assert model.calls[1][0][-1]["content"] == (
+        "error: denied: tool 'search' was not offered to this task"
+    )
     assert [type(e) for e in loop.terminals()] == [TaskCompleted]
 
 

@@ -6,6 +6,13 @@ from typing import Annotated
 
 from pydantic import Field, TypeAdapter
 
+from .approvals import (
+    ApprovalDecided,
+    ApprovalRequested,
+    ApprovalResolved,
+    InjectionFlagged,
+    PolicyDecided,
+)
 from .critic import CritiqueCompleted, CritiqueFailed, CritiqueRequested
 from .memory import (
     MemoryDocumentAdded,
@@ -18,9 +25,17 @@ from .planning import LlmDecided, TaskAccepted
 from .results import TaskCancelled, TaskCompleted, TaskFailed, TaskProgress
 from .snapshots import StateSnapshot
 from .tasks import TaskCancelRequested, TaskSubmitted
-from .tools import ToolCallCompleted, ToolCallFailed, ToolCallRequested, ToolRegistered
+from .tools import (
+    ToolCallCompleted,
+    ToolCallFailed,
+    ToolCallHeld,
+    ToolCallRequested,
+    ToolRegistered,
+)
 
 __all__ = [
+    "AuditEvent",
+    "AuditRecord",
     "CriticCommand",
     "HistoryEvent",
     "JournalEvent",
@@ -30,6 +45,7 @@ __all__ = [
     "TaskInputEvent",
     "TerminalEvent",
     "ToolCommand",
+    "audit_adapter",
     "critic_requests_adapter",
     "history_adapter",
     "memory_requests_adapter",
@@ -40,7 +56,13 @@ __all__ = [
     "tool_catalog_adapter",
 ]
 
-TaskInput = TaskSubmitted | TaskCancelRequested | MemoryDocumentAdded | MemoryForgetRequested
+TaskInput = (
+    TaskSubmitted
+    | TaskCancelRequested
+    | ApprovalDecided
+    | MemoryDocumentAdded
+    | MemoryForgetRequested
+)
 """Any event of ``tasks`` (a plain union, for annotations)."""
 
 TaskInputEvent = Annotated[TaskInput, Field(discriminator="type")]
@@ -57,6 +79,8 @@ JournalEvent = (
     | CritiqueFailed
     | ToolCallCompleted
     | ToolCallFailed
+    | ToolCallHeld
+    | ApprovalResolved
     | TaskCompleted
     | TaskFailed
     | TaskCancelled
@@ -78,16 +102,24 @@ CriticCommand = Annotated[CritiqueRequested, Field(discriminator="type")]
 """What ``critic.requests`` holds."""
 
 ResultEvent = Annotated[
-    TaskProgress | TaskCompleted | TaskFailed | TaskCancelled, Field(discriminator="type")
+    TaskProgress | ApprovalRequested | TaskCompleted | TaskFailed | TaskCancelled,
+    Field(discriminator="type"),
 ]
 """What ``results`` holds."""
+
+AuditRecord = PolicyDecided | ApprovalResolved | InjectionFlagged
+"""Any event of ``audit`` (a plain union)."""
+
+AuditEvent = Annotated[AuditRecord, Field(discriminator="type")]
+"""What ``audit`` holds: policy decisions, resolved approvals, flagged tool outputs."""
 
 tasks_adapter: TypeAdapter[TaskInput] = TypeAdapter(TaskInputEvent)
 history_adapter: TypeAdapter[JournalEvent] = TypeAdapter(HistoryEvent)
 tool_calls_adapter: TypeAdapter[ToolCallRequested] = TypeAdapter(ToolCommand)
-results_adapter: TypeAdapter[TaskProgress | TaskCompleted | TaskFailed | TaskCancelled] = (
-    TypeAdapter(ResultEvent)
-)
+results_adapter: TypeAdapter[
+    TaskProgress | ApprovalRequested | TaskCompleted | TaskFailed | TaskCancelled
+] = TypeAdapter(ResultEvent)
+audit_adapter: TypeAdapter[AuditRecord] = TypeAdapter(AuditEvent)
 tool_catalog_adapter: TypeAdapter[ToolRegistered] = TypeAdapter(ToolRegistered)
 memory_requests_adapter: TypeAdapter[MemoryRecallRequested | MemoryRememberRequested] = TypeAdapter(
     MemoryCommand

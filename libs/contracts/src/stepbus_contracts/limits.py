@@ -22,6 +22,7 @@ __all__ = [
     "MAX_METADATA_KEY_LENGTH",
     "MAX_METADATA_VALUE_LENGTH",
     "MAX_MODEL_NAME_LENGTH",
+    "MAX_ROLES",
     "MAX_SESSION_ID_LENGTH",
     "MAX_SOURCE_LENGTH",
     "MAX_TASK_ID_LENGTH",
@@ -29,6 +30,7 @@ __all__ = [
     "MAX_TOKEN_BUDGET",
     "MAX_TOOLS",
     "RFC3339_PATTERN",
+    "ROLE_PATTERN",
     "SOURCE_PATTERN",
     "TASK_ID_PATTERN",
     "TENANT_PATTERN",
@@ -109,6 +111,12 @@ MAX_METADATA_KEY_LENGTH = 128
 
 MAX_METADATA_VALUE_LENGTH = 1024
 """Longest metadata label value."""
+
+ROLE_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+"""A role a task carries (the policy's subject): letters, digits and ``. _ : -``."""
+
+MAX_ROLES = 32
+"""Most roles one task may carry."""
 
 # -- what services record ----------------------------------------------------------------
 

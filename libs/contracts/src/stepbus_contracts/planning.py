@@ -17,9 +17,10 @@ from .limits import (
     MAX_INPUT_LENGTH,
     MAX_ITERATIONS,
     MAX_MODEL_NAME_LENGTH,
+    MAX_ROLES,
     MAX_TOOLS,
 )
-from .tasks import CriticPolicy, Metadata, SessionId, TokenBudget, ToolName
+from .tasks import CriticPolicy, Metadata, Role, SessionId, TokenBudget, ToolName
 
 __all__ = [
     "LlmDecided",
@@ -72,6 +73,9 @@ class TaskAcceptedData(EventData):
         default=None,
         description="How the final answer is judged, resolved from the task and the "
         "deployment; null: not judged.",
+    )
+    roles: list[Role] = Field(
+        default_factory=list, max_length=MAX_ROLES, description="Roles from the submission."
     )
     tools: list[ToolName] = Field(
         max_length=MAX_TOOLS,

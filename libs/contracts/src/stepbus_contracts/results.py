@@ -48,10 +48,12 @@ class TaskProgressData(EventData):
     """One visible step of a running task."""
 
     step: int = Field(ge=0, description="ReAct step the progress belongs to.")
-    stage: Literal["accepted", "memory", "thought", "action", "observation", "critique"] = Field(
+    stage: Literal[
+        "accepted", "memory", "thought", "action", "observation", "critique", "approval"
+    ] = Field(
         description="`accepted`, `memory` (context recalled, or none), `thought` (model text), "
         "`action` (tool call), `observation` (tool result), `critique` (a draft judged or a "
-        "tool call reviewed)."
+        "tool call reviewed), `approval` (a call waits for approval, or its approval ended)."
     )
     message: str = Field(description="Human-readable summary.")
     tool: str | None = Field(default=None, description="Tool name for action/observation.")

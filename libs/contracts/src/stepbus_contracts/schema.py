@@ -12,6 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .approvals import (
+    ApprovalDecided,
+    ApprovalRequested,
+    ApprovalResolved,
+    InjectionFlagged,
+    PolicyDecided,
+)
 from .critic import CritiqueCompleted, CritiqueFailed, CritiqueRequested
 from .envelope import CloudEvent
 from .limits import EXTENSION_NAME_PATTERN, MAX_ATTRIBUTES
@@ -25,7 +32,7 @@ from .memory import (
 from .planning import LlmDecided, TaskAccepted
 from .results import TaskCancelled, TaskCompleted, TaskFailed, TaskProgress
 from .tasks import TaskCancelRequested, TaskSubmitted
-from .tools import ToolCallCompleted, ToolCallFailed, ToolCallRequested
+from .tools import ToolCallCompleted, ToolCallFailed, ToolCallHeld, ToolCallRequested
 from .topics import DEFAULT_PREFIX
 from .wire import WIRE_ATTRIBUTES
 
@@ -37,14 +44,27 @@ _CHANNELS: tuple[tuple[str, bool, str, tuple[type[CloudEvent], ...]], ...] = (
     (
         "tasks",
         True,
-        "Upstream systems publish tasks, documents to remember and requests to forget here.",
-        (TaskSubmitted, TaskCancelRequested, MemoryDocumentAdded, MemoryForgetRequested),
+        "Upstream systems publish tasks, cancellations, approval decisions, documents to "
+        "remember and requests to forget here.",
+        (
+            TaskSubmitted,
+            TaskCancelRequested,
+            ApprovalDecided,
+            MemoryDocumentAdded,
+            MemoryForgetRequested,
+        ),
     ),
     (
         "results",
         True,
-        "Progress and exactly one terminal event per task.",
-        (TaskProgress, TaskCompleted, TaskFailed, TaskCancelled),
+        "Progress, approvals asked for, and exactly one terminal event per task.",
+        (TaskProgress, ApprovalRequested, TaskCompleted, TaskFailed, TaskCancelled),
+    ),
+    (
+        "audit",
+        True,
+        "The audit trail: tool-policy decisions, resolved approvals, flagged tool outputs.",
+        (PolicyDecided, ApprovalResolved, InjectionFlagged),
     ),
     (
         "planner.history",
@@ -58,6 +78,8 @@ _CHANNELS: tuple[tuple[str, bool, str, tuple[type[CloudEvent], ...]], ...] = (
             CritiqueFailed,
             ToolCallCompleted,
             ToolCallFailed,
+            ToolCallHeld,
+            ApprovalResolved,
             TaskCompleted,
             TaskFailed,
             TaskCancelled,

@@ -14,9 +14,11 @@ from .limits import (
     MAX_METADATA_ENTRIES,
     MAX_METADATA_KEY_LENGTH,
     MAX_METADATA_VALUE_LENGTH,
+    MAX_ROLES,
     MAX_SESSION_ID_LENGTH,
     MAX_TOKEN_BUDGET,
     MAX_TOOLS,
+    ROLE_PATTERN,
     TOOL_NAME_PATTERN,
 )
 
@@ -24,6 +26,7 @@ __all__ = [
     "MAX_REVISIONS",
     "CriticPolicy",
     "Metadata",
+    "Role",
     "Score",
     "SessionId",
     "TaskCancelRequested",
@@ -42,6 +45,9 @@ Score = Annotated[float, Field(ge=0.0, le=1.0)]
 
 ToolName = Annotated[str, Field(pattern=TOOL_NAME_PATTERN)]
 """A tool name a task may name (``TOOL_NAME_PATTERN``)."""
+
+Role = Annotated[str, Field(pattern=ROLE_PATTERN)]
+"""A role a task carries, for the tool policy (``ROLE_PATTERN``)."""
 
 SessionId = Annotated[str, Field(min_length=1, max_length=MAX_SESSION_ID_LENGTH)]
 """A conversation id."""
@@ -95,6 +101,12 @@ class TaskSubmittedData(EventData):
         default=None,
         description="The end user the task acts for; when given, long-term memory is scoped to "
         "tenant + user.",
+    )
+    roles: list[Role] = Field(
+        default_factory=list,
+        max_length=MAX_ROLES,
+        description=f"Roles the task acts with (at most {MAX_ROLES}): the subject of the tool "
+        "policy's rules. The gateway sets them from the caller's API key.",
     )
     tools: list[ToolName] | None = Field(
         default=None,

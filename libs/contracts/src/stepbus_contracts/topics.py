@@ -37,7 +37,8 @@ class TopicSpec:
 _SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(
         "tasks",
-        "Public input: task submissions, cancellations, approval decisions (CloudEvents).",
+        "Public input: task submissions, cancellations, approval decisions, memory events "
+        "(CloudEvents).",
         configs={"retention.ms": str(7 * _DAY_MS)},
     ),
     TopicSpec(
@@ -94,6 +95,12 @@ _SPECS: tuple[TopicSpec, ...] = (
         "results",
         "Public output: progress and exactly one terminal event per task (CloudEvents).",
         configs={"retention.ms": str(7 * _DAY_MS)},
+    ),
+    TopicSpec(
+        "audit",
+        "The audit trail: every tool-policy decision, resolved approval and flagged tool "
+        "output (key = task id), kept 90 days.",
+        configs={"retention.ms": str(90 * _DAY_MS)},
     ),
     TopicSpec(
         "dlq",
@@ -179,6 +186,11 @@ class Topics:
     def results(self) -> str:
         """Public output topic."""
         return self.name("results")
+
+    @property
+    def audit(self) -> str:
+        """The audit trail of tool calls."""
+        return self.name("audit")
 
     @property
     def dlq(self) -> str:

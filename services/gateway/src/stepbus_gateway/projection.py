@@ -43,7 +43,14 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from stepbus_contracts import TaskCancelled, TaskCompleted, TaskFailed, TaskProgress, utcnow
+from stepbus_contracts import (
+    ApprovalRequested,
+    TaskCancelled,
+    TaskCompleted,
+    TaskFailed,
+    TaskProgress,
+    utcnow,
+)
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -58,13 +65,15 @@ __all__ = [
     "status_fields",
 ]
 
-TaskStatus = Literal["submitted", "running", "completed", "failed", "cancelled"]
+TaskStatus = Literal["submitted", "running", "waiting", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 TERMINAL_TYPES: frozenset[str] = frozenset(
     {"stepbus.task.completed", "stepbus.task.failed", "stepbus.task.cancelled"}
 )
 
-ResultEvent: TypeAlias = TaskProgress | TaskCompleted | TaskFailed | TaskCancelled
+ResultEvent: TypeAlias = (
+    TaskProgress | ApprovalRequested | TaskCompleted | TaskFailed | TaskCancelled
+)
 """What the results topic carries (the union ``results_adapter`` decodes)."""
 
 _OUTAGES = (
@@ -199,6 +208,8 @@ def status_fields(event: ResultEvent) -> dict[str, str]:
     match event:
         case TaskProgress():
             fields["status"] = "running"
+        case ApprovalRequested():
+            fields["status"] = "waiting"  # for an approval: the next progress runs it again
         case TaskCompleted(data=data):
             fields.update(status="completed", output=data.output, steps=str(data.steps))
         case TaskFailed(data=data):

@@ -43,8 +43,8 @@ async def sweep(
 ) -> None:
     """End tasks whose deadline passed while nothing arrived for them (a tool never answered),
     let tasks whose recall did not come in time go on without memory, record critiques that
-    did not come in time, and (every minute at most) forget tasks ended longer ago than the
-    retention. All run in the task's own queue."""
+    did not come in time, deny approvals past their expiry, and (every minute at most) forget
+    tasks ended longer ago than the retention. All run in the task's own queue."""
     retention = settings.ended_task_retention_seconds
     forget_every = min(60.0, retention / 4)
     next_forget = time.monotonic() + forget_every
@@ -65,6 +65,12 @@ async def sweep(
                 lambda t=task_id, n=tenant, k=kind, s=step, c=call: handlers.critique_timed_out(
                     t, n, k, s, c
                 ),
+            )
+        for state, approval_id in handlers.approvals_overdue():
+            task_id, tenant = state.task_id, state.tenant
+            processor.submit(
+                task_id,
+                lambda t=task_id, n=tenant, a=approval_id: handlers.approval_expired(t, n, a),
             )
         now = utcnow()
         for state in states.running():

@@ -15,6 +15,12 @@ from stepbus_contracts import (
     MAX_DRAFT_LENGTH,
     MAX_OBSERVATION_LENGTH,
     MAX_OBSERVATIONS,
+    ApprovalDecided,
+    ApprovalRequested,
+    ApprovalRequestedData,
+    ApprovalResolved,
+    ApprovalResolvedData,
+    Clearance,
     CloudEvent,
     CriticPolicy,
     CritiqueCompleted,
@@ -46,6 +52,7 @@ from stepbus_contracts import (
     ToolCallCompleted,
     ToolCallFailed,
     ToolCallFailedData,
+    ToolCallHeld,
     ToolCallRequested,
     ToolCallRequestedData,
     Topics,
@@ -161,11 +168,13 @@ class PlannerHandlers:
         Raises:
             PermanentError: The event's id was used before for a different event.
         """
-        if not isinstance(event, TaskSubmitted | TaskCancelRequested):
+        if not isinstance(event, TaskSubmitted | TaskCancelRequested | ApprovalDecided):
             return []
         await self._check_event_id(event)
         state = self._store.get(event.subject, event.tenant)
         holder = owner(state)
+        if isinstance(event, ApprovalDecided):
+            return self._decided(state, event, context)
         if isinstance(event, TaskCancelRequested):
             self._cancelling.discard(event.subject)
             if holder is None or state.ended:
@@ -214,6 +223,7 @@ class PlannerHandlers:
                     user_id=task.user_id,
                     memory=self._memory,
                     critic=self._resolve_critic(task.critic),
+                    roles=task.roles,
                     tools=tools,
                     max_iterations=task.max_iterations,
                     deadline_at=self._clock() + timedelta(seconds=task.deadline_seconds),
@@ -242,6 +252,111 @@ class PlannerHandlers:
         )
         return [Emit(self._topics.planner_history, accepted), *snapshot]
 
+    def _decided(
+        self, state: TaskState, event: ApprovalDecided, context: RecordContext
+    ) -> Sequence[Emit]:
+        """Record a person's decision on a waiting approval, and act on it at once.
+
+        A decision of another tenant, or for an approval that is not waiting (decided already,
+        expired, unknown), is refused: the first decision stands.
+        """
+        holder = owner(state)
+        if holder is None or state.ended:
+            return []
+        if holder != event.tenant:
+            self._refuse(event, context, "foreign_tenant")
+            return []
+        decision = event.data
+        hold = next(
+            (h for h in state.pending_approvals if h.approval_id == decision.approval_id), None
+        )
+        if hold is None:
+            self._refuse(event, context, "unexpected_approval")
+            return []
+        resolved = self._resolution(
+            state,
+            hold.approval_id or decision.approval_id,
+            hold.step,
+            hold.call_index,
+            hold.name,
+            outcome="approved" if decision.decision == "approve" else "denied",
+            by=decision.by,
+            reason=decision.reason,
+            decided_id=event.id,
+        )
+        return self._resolve(state, resolved, context.partition)
+
+    def approvals_overdue(self) -> list[tuple[TaskState, str]]:
+        """Waiting approvals past their expiry (or the task's deadline): (task, approval id)."""
+        now = self._clock()
+        overdue = []
+        for state in self._store.running():
+            assert state.task is not None
+            for hold in state.pending_approvals:
+                expires = min(hold.expires_at or state.task.deadline_at, state.task.deadline_at)
+                if now >= expires and hold.approval_id is not None:
+                    overdue.append((state, hold.approval_id))
+        return overdue
+
+    async def approval_expired(self, task_id: str, tenant: str, approval_id: str) -> Sequence[Emit]:
+        """Deny an approval nobody decided before its expiry (the model reads why)."""
+        state = self._store.get(task_id, tenant)
+        hold = next((h for h in state.pending_approvals if h.approval_id == approval_id), None)
+        if hold is None:
+            return []  # decided meanwhile
+        resolved = self._resolution(
+            state,
+            approval_id,
+            hold.step,
+            hold.call_index,
+            hold.name,
+            outcome="expired",
+            by="stepbus",
+            reason="not decided before its expiry",
+        )
+        return self._resolve(state, resolved, None)
+
+    def _resolution(
+        self,
+        state: TaskState,
+        approval_id: str,
+        step: int,
+        call_index: int,
+        tool: str,
+        **outcome: str,
+    ) -> ApprovalResolved:
+        return ApprovalResolved(
+            id=derive_id(approval_id, "resolved"),
+            source=_SOURCE,
+            subject=state.task_id,
+            tenant=state.tenant,
+            data=ApprovalResolvedData(
+                approval_id=approval_id,
+                step=step,
+                call_index=call_index,
+                tool=tool,
+                **outcome,  # type: ignore[arg-type]
+            ),
+        )
+
+    def _resolve(
+        self, state: TaskState, resolved: ApprovalResolved, partition: int | None
+    ) -> list[Emit]:
+        """Fold an ended approval and make its move: the call runs, or the model reads the
+        denial. The record goes to the journal and the audit trail first (stage 0)."""
+        state, _ = fold(state, resolved)
+        outputs = [
+            Emit(self._topics.planner_history, resolved, stage=_RECORD),
+            Emit(self._topics.audit, resolved, stage=_RECORD),
+            *(Emit(self._topics.results, p, stage=_RECORD) for p in _progress(resolved)),
+        ]
+        move = next_move(state, resolved, self._clock())
+        if isinstance(move, Dispatch):
+            outputs.extend(self._dispatch(state, resolved, move))
+        elif isinstance(move, Finish | Fail):
+            return [*outputs, *self._end(state, partition, self._terminal(state, resolved, move))]
+        return [*outputs, *self._store.put(state, partition)]
+
     def _resolve_critic(self, asked: CriticPolicy | None) -> CriticPolicy | None:
         """The critic policy a task runs with: None when the deployment or the task turns the
         critic off; the task's own threshold and revisions when it gives them."""
@@ -265,7 +380,9 @@ class PlannerHandlers:
             if call is not None:
                 call.cancel()
 
-    async def _check_event_id(self, event: TaskSubmitted | TaskCancelRequested) -> None:
+    async def _check_event_id(
+        self, event: TaskSubmitted | TaskCancelRequested | ApprovalDecided
+    ) -> None:
         if self._event_ids is None:
             return
         content = event.model_dump_json(include={"type", "subject", "tenant", "data"})
@@ -446,27 +563,43 @@ class PlannerHandlers:
         return LlmDecided(**_envelope(cause, "decided", step), data=decision)
 
     def _dispatch(self, state: TaskState, cause: CloudEvent, move: Dispatch) -> list[Emit]:
+        """Send the calls of a step to the tool-executor, unless one must wait: for the critic's
+        review (asked here), or for a person's approval (announced here)."""
         assert state.task is not None
         outputs = []
         for call in move.calls:
             key = idempotency_key(state.task_id, move.step, call.call_index)
             ref = {"step": move.step, "call_index": call.call_index, "name": call.name}
-            problem = call.arguments_error or (
-                None if call.name in state.task.tools else f"tool {call.name!r} is not offered"
-            )
-            if problem is not None:  # answered by the planner, so the model can correct itself
+            if call.arguments_error is not None:  # answered here, so the model can correct it
                 failed = ToolCallFailed(
                     **_envelope(cause, "call", call.call_index),
                     data=ToolCallFailedData(
                         **ref,
                         idempotency_key=key,
-                        error=problem,
-                        error_type="invalid_arguments" if call.arguments_error else "unknown_tool",
+                        error=call.arguments_error,
+                        error_type="invalid_arguments",
                     ),
                 )
                 outputs.append(Emit(self._topics.planner_history, failed, stage=_EFFECT))
                 continue
-            if call.review:
+            clearance = None
+            hold = state.hold(move.step, call.call_index)
+            if hold is not None and hold.gate == "approval":
+                resolved = state.approval(move.step, call.call_index)
+                if resolved is None:  # it waits: announced once, when the hold arrives
+                    if isinstance(cause, ToolCallHeld):
+                        outputs.extend(self._ask_approval(state, cause, call))
+                    continue
+                if resolved.outcome != "approved":
+                    outputs.append(self._denied_approval(cause, ref, key, resolved))
+                    continue
+                clearance = Clearance(
+                    gate="approval",
+                    approval_id=resolved.approval_id,
+                    by=resolved.by,
+                    reason=resolved.reason,
+                )
+            elif state.needs_review(move.step, call.call_index):
                 verdict = state.critique("tool_call", move.step, call.call_index)
                 if verdict is None:  # the critic approves or rejects it first
                     outputs.extend(self._review(state, cause, move.step, call))
@@ -474,6 +607,7 @@ class PlannerHandlers:
                 if not (isinstance(verdict, CritiqueCompletedData) and verdict.approved):
                     outputs.append(self._rejected(cause, ref, key, verdict))
                     continue
+                clearance = Clearance(gate="review", by="critic", reason=verdict.feedback[:2_000])
             request = ToolCallRequested(
                 **_envelope(cause, "call", call.call_index),
                 data=ToolCallRequestedData(
@@ -483,10 +617,57 @@ class PlannerHandlers:
                     timeout_seconds=self._tool_timeout,
                     session_id=state.task.session_id,
                     user_id=state.task.user_id,
+                    roles=state.task.roles,
+                    offered=state.task.tools,
+                    metadata=state.task.metadata,
+                    flagged=state.flagged,
+                    clearance=clearance,
                 ),
             )
             outputs.append(Emit(self._topics.tool_calls, request, stage=_EFFECT))
         return outputs
+
+    def _ask_approval(
+        self, state: TaskState, cause: ToolCallHeld, call: PlannedToolCall
+    ) -> list[Emit]:
+        """Announce on ``results`` that a call waits for a person's approval."""
+        assert state.task is not None
+        hold = cause.data
+        expires = min(hold.expires_at or state.task.deadline_at, state.task.deadline_at)
+        requested = ApprovalRequested(
+            **_envelope(cause, "approval"),
+            data=ApprovalRequestedData(
+                step=hold.step,
+                call_index=hold.call_index,
+                tool=call.name,
+                approval_id=hold.approval_id or derive_id(hold.idempotency_key, "approval"),
+                arguments=call.arguments,
+                approvers=hold.approvers,
+                rule=hold.rule,
+                reason=hold.reason,
+                expires_at=expires,
+            ),
+        )
+        return [Emit(self._topics.results, requested, stage=_EFFECT)]
+
+    def _denied_approval(
+        self, cause: CloudEvent, ref: dict[str, object], key: str, resolved: ApprovalResolvedData
+    ) -> Emit:
+        """The answer to a held call whose approval was denied or expired: the model reads why."""
+        if resolved.outcome == "expired":
+            error = "not run: its approval expired before anyone decided; try another way"
+        else:
+            error = f"denied by {resolved.by}: {resolved.reason or 'no reason given'}"
+        failed = ToolCallFailed(
+            **_envelope(cause, "call", ref["call_index"]),
+            data=ToolCallFailedData(
+                **ref,  # type: ignore[arg-type]
+                idempotency_key=key,
+                error=clip(error, 2_000),
+                error_type="denied",
+            ),
+        )
+        return Emit(self._topics.planner_history, failed, stage=_EFFECT)
 
     def _judge(self, state: TaskState, cause: CloudEvent, step: int) -> list[Emit]:
         """Ask the critic to judge the draft of ``step``."""
@@ -720,6 +901,30 @@ def _progress(event: HistoryEventT) -> list[TaskProgress]:
                 stage="observation",
                 message=f"{event.data.name} → {event.data.output}",
                 tool=event.data.name,
+            )
+        )
+    elif isinstance(event, ToolCallHeld):
+        hold = event.data
+        waits = "approval" if hold.gate == "approval" else "the critic's review"
+        message = f"{hold.name} waits for {waits} (policy rule {hold.rule!r})"
+        if hold.reason:
+            message += f": {hold.reason}"
+        stage: Literal["approval", "critique"] = "critique"
+        if hold.gate == "approval":
+            stage = "approval"
+        items.append(
+            TaskProgressData(
+                step=hold.step, stage=stage, message=clip(message, 1_000), tool=hold.name
+            )
+        )
+    elif isinstance(event, ApprovalResolved):
+        ended = event.data
+        message = f"{ended.tool} {ended.outcome}" + (f" by {ended.by}" if ended.by else "")
+        if ended.reason:
+            message += f": {ended.reason}"
+        items.append(
+            TaskProgressData(
+                step=ended.step, stage="approval", message=clip(message, 1_000), tool=ended.tool
             )
         )
     elif isinstance(event, ToolCallFailed):

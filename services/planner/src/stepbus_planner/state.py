@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 from stepbus_contracts import (
+    ApprovalResolved,
+    ApprovalResolvedData,
     CritiqueCompleted,
     CritiqueCompletedData,
     CritiqueFailed,
@@ -32,6 +34,8 @@ from stepbus_contracts import (
     ToolCallCompletedData,
     ToolCallFailed,
     ToolCallFailedData,
+    ToolCallHeld,
+    ToolCallHeldData,
 )
 
 __all__ = ["Critique", "HistoryEventT", "TaskState", "critique_key", "fold"]
@@ -68,6 +72,13 @@ class TaskState(BaseModel):
     critiques: dict[str, Critique] = Field(
         default_factory=dict,
         description="The critic's verdicts (or failures), by `critique_key`.",
+    )
+    holds: dict[str, ToolCallHeldData] = Field(
+        default_factory=dict,
+        description="Calls the tool policy holds for an approval or a review, by `step:call`.",
+    )
+    approvals: dict[str, ApprovalResolvedData] = Field(
+        default_factory=dict, description="How each held call's approval ended, by `step:call`."
     )
     terminal: str | None = Field(default=None, description="Type of the terminal event, if any.")
 
@@ -140,6 +151,46 @@ class TaskState(BaseModel):
         return self.critiques.get(critique_key(kind, step, call_index))
 
     @property
+    def flagged(self) -> bool:
+        """True once a tool output of the task was flagged as a likely prompt injection."""
+        return any(
+            isinstance(outcome, ToolCallCompletedData) and outcome.flags
+            for outcome in self.outcomes.values()
+        )
+
+    def hold(self, step: int, call_index: int) -> ToolCallHeldData | None:
+        """The policy's hold on a call, if any."""
+        return self.holds.get(f"{step}:{call_index}")
+
+    def approval(self, step: int, call_index: int) -> ApprovalResolvedData | None:
+        """How the approval of a held call ended, if it did."""
+        return self.approvals.get(f"{step}:{call_index}")
+
+    def needs_review(self, step: int, call_index: int) -> bool:
+        """True when the critic must approve the call before it runs: its tool was marked for
+        review when decided, or the policy held it for review."""
+        decision = self.decisions.get(step)
+        marked = decision is not None and any(
+            c.review for c in decision.tool_calls if c.call_index == call_index
+        )
+        hold = self.hold(step, call_index)
+        return marked or (hold is not None and hold.gate == "review")
+
+    @property
+    def pending_approvals(self) -> list[ToolCallHeldData]:
+        """Calls of the latest step waiting for a person's approval."""
+        if self.task is None or self.ended:
+            return []
+        return [
+            hold
+            for hold in self.holds.values()
+            if hold.gate == "approval"
+            and hold.step == self.step
+            and self.approval(hold.step, hold.call_index) is None
+            and self.outcome(hold.step, hold.call_index) is None
+        ]
+
+    @property
     def pending_critiques(self) -> list[tuple[CritiqueKind, int, int | None]]:
         """Critiques the task waits for: of its latest draft (when judged), and of each
         reviewed call of its latest step that has neither a verdict nor an outcome."""
@@ -153,7 +204,7 @@ class TaskState(BaseModel):
         return [
             ("tool_call", step, call.call_index)
             for call in decision.tool_calls
-            if call.review
+            if self.needs_review(step, call.call_index)
             and self.critique("tool_call", step, call.call_index) is None
             and self.outcome(step, call.call_index) is None
         ]
@@ -198,6 +249,16 @@ def fold(state: TaskState, event: HistoryEventT) -> tuple[TaskState, bool]:
         if key in state.outcomes:
             return state, False
         return state.model_copy(update={"outcomes": {**state.outcomes, key: event.data}}), True
+    if isinstance(event, ToolCallHeld):
+        key = f"{event.data.step}:{event.data.call_index}"
+        if key in state.holds:
+            return state, False
+        return state.model_copy(update={"holds": {**state.holds, key: event.data}}), True
+    if isinstance(event, ApprovalResolved):
+        key = f"{event.data.step}:{event.data.call_index}"
+        if key in state.approvals:
+            return state, False
+        return state.model_copy(update={"approvals": {**state.approvals, key: event.data}}), True
     if state.terminal is not None:
         return state, False
     return state.model_copy(update={"terminal": event.type}), True

@@ -159,6 +159,7 @@ class TaskStates:
                 len(state.outcomes),
                 state.terminal,
                 *([len(state.critiques)] if state.critiques else []),  # older ids unchanged
+                *([len(state.holds), len(state.approvals)] if state.holds else []),
             ),
             source=_SOURCE,
             subject=task_id,

@@ -12,6 +12,8 @@ stretch or steer someone's task. So before folding, the planner refuses:
 - anything for a task it has no accepted state for (no snapshot, no progress: dropped);
 - a decision that is not the task's next step, and a tool outcome for a call no decision made;
 - a recall for a task that does not wait for one;
+- a hold of a call no decision made or that has an outcome, and an approval's outcome for
+  a call the policy did not hold for that approval;
 - a critique nobody asked for: of a draft that is not the task's latest or of a task not
   judged, of a call not marked for review or already answered; and a revision (a step after
   a draft) that no low verdict asked for.
@@ -25,6 +27,7 @@ from datetime import datetime, timedelta
 
 from stepbus_contracts import (
     MAX_DEADLINE_SECONDS,
+    ApprovalResolved,
     CritiqueCompleted,
     CritiqueFailed,
     LlmDecided,
@@ -35,6 +38,7 @@ from stepbus_contracts import (
     TaskFailed,
     ToolCallCompleted,
     ToolCallFailed,
+    ToolCallHeld,
     derive_id,
     idempotency_key,
 )
@@ -91,7 +95,7 @@ def refusal(state: TaskState, event: HistoryEventT, now: datetime) -> str | None
             return None  # a duplicate, or a late verdict after a timeout: the first one stands
         expected = (data.kind, data.step, data.call_index if data.kind == "tool_call" else None)
         return None if expected in state.pending_critiques else "unexpected_critique"
-    if isinstance(event, ToolCallCompleted | ToolCallFailed):
+    if isinstance(event, ToolCallCompleted | ToolCallFailed | ToolCallHeld):
         data = event.data
         decision = state.decisions.get(data.step)
         planned = None
@@ -102,6 +106,16 @@ def refusal(state: TaskState, event: HistoryEventT, now: datetime) -> str | None
         key = idempotency_key(state.task_id, data.step, data.call_index)
         if planned is None or planned.name != data.name or data.idempotency_key != key:
             return "unexpected_outcome"
+        if isinstance(event, ToolCallHeld) and state.outcome(data.step, data.call_index):
+            return "unexpected_hold"  # a call with an outcome waits for nothing
+        return None
+    if isinstance(event, ApprovalResolved):
+        data = event.data
+        if state.approval(data.step, data.call_index) is not None:
+            return None  # a duplicate: the first outcome stands
+        hold = state.hold(data.step, data.call_index)
+        if hold is None or hold.gate != "approval" or hold.approval_id != data.approval_id:
+            return "unexpected_approval"
         return None
     return None
 

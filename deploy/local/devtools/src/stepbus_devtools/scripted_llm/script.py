@@ -56,6 +56,14 @@ _MEMORY_LINE = re.compile(r"^- \[(?P<tag>[^\]]*)\] (?P<text>.*)$")
 
 LOOP_EXPRESSION = "1 + 1"
 
+_INJECTED_CALL = re.compile(r"\[\s*tool\s*=\s*(?P<name>[A-Za-z0-9_-]{1,64})\s*\]", re.I)
+"""A call instruction in a tool result (what ``[obey]`` falls for)."""
+
+_UNTRUSTED = re.compile(
+    r"^<tool_output\b[^>]*>\n(?P<body>.*)\n</tool_output>(?:\n\[stepbus: [^\n]*\])?$", re.S
+)
+"""A tool result as the planner delimits it: the scripted model reads the body."""
+
 FEEDBACK_PREFIX = "Reviewer feedback"
 """How the planner's revision turn (a user message after the draft) begins."""
 
@@ -71,7 +79,7 @@ _DIRECTIVE = re.compile(
     r"|review\s*=\s*(?P<review>reject)"
     r"|draft\s*=\s*(?P<draft>weak|worse)"
     r"|tool\s*=\s*(?P<tool>[A-Za-z0-9_-]{1,64})"
-    r"|(?P<flag>parallel|loop)"
+    r"|(?P<flag>parallel|loop|obey|unoffered)"
     r")\s*\]",
     re.IGNORECASE,
 )
@@ -102,6 +110,10 @@ class Directives:
             feedback; ``worse``: the first draft is right and each revision worse.
         tool: ``[tool=NAME]``: call the offered tool ``NAME`` once, with the first JSON object
             of the input as its arguments (``{}`` without one), and answer with its result.
+        obey: ``[obey]``: a gullible model: a ``[tool=NAME] {...}`` found in the latest tool
+            result is obeyed (the call is made), as a model falling for a prompt injection.
+        unoffered: ``[unoffered]``: ``[tool=NAME]`` is called even when ``NAME`` was not
+            offered, as a model naming a tool it was not given.
     """
 
     latency_ms: tuple[int, int] | None = None
@@ -113,6 +125,8 @@ class Directives:
     review_reject: bool = False
     draft: str | None = None
     tool: str | None = None
+    obey: bool = False
+    unoffered: bool = False
 
 
 @dataclass(frozen=True)
@@ -296,7 +310,14 @@ def next_turn(messages: Sequence[Message], tools: Sequence[Mapping[str, Any]]) -
     results = _tool_results(messages)
     remember = _REMEMBER_INPUT.match(task_input(messages))
     calls: tuple[ToolCall, ...] = ()
-    if directives.tool is not None and directives.tool in _tool_names(tools):
+    offered = _tool_names(tools)
+    injected = _INJECTED_CALL.search(results[-1]) if directives.obey and results else None
+    if injected is not None and (injected["name"] in offered or directives.unoffered):
+        text = None  # falls for the instruction in the tool's output
+        arguments = json.dumps(_json_object(results[-1][injected.end() :]))
+        call_id = "call_" + conversation_hash(messages)[:12]
+        calls = (ToolCall(id=call_id, name=injected["name"], arguments=arguments),)
+    elif directives.tool is not None and (directives.tool in offered or directives.unoffered):
         text = results[-1] if results else None  # the tool's result is the answer
         if text is None:
             arguments = json.dumps(_json_object(task_input(messages)))
@@ -427,7 +448,13 @@ def _tool_results(messages: Sequence[Message]) -> list[str]:
         enumerate(tool_messages),
         key=lambda item: (call_order.get(item[1].get("tool_call_id"), len(call_order)), item[0]),
     )
-    return [message_text(message.get("content")) for _, message in ranked]
+    return [_unwrapped(message_text(message.get("content"))) for _, message in ranked]
+
+
+def _unwrapped(content: str) -> str:
+    """The tool result inside the planner's ``<tool_output>`` delimiters (as is without)."""
+    match = _UNTRUSTED.match(content)
+    return match["body"] if match else content
 
 
 def _calculator_calls(
