@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 
 from stepbus_contracts import tool_calls_adapter
@@ -21,11 +22,13 @@ from stepbus_runtime import (
 from .audit import ExecutionLog
 from .catalog import catalog_events
 from .handlers import ToolCallHandler
+from .http_fetch import FetchLimits, http_fetch_tool
 from .ledger import Ledger
 from .mcp_config import SEPARATOR, McpConfig, load_mcp_config
 from .mcp_servers import McpServers
 from .mcp_session import Backoff
-from .registry import builtin_registry
+from .policy import allow_all, load_policy
+from .registry import ToolRegistry, builtin_registry
 from .settings import ToolExecutorSettings
 
 __all__ = ["catalog_events", "main"]
@@ -41,7 +44,22 @@ async def main(settings: ToolExecutorSettings | None = None) -> None:
     settings = settings or ToolExecutorSettings()
     setup_telemetry("tool-executor")
     topics = settings.topics
-    registry = builtin_registry()
+    policy = load_policy(settings.policy_file) if settings.policy_file else allow_all()
+    if policy.configured:
+        log.info("tool policy %s: rules %s", policy.source, list(policy.rule_names))
+    else:
+        log.warning(
+            "no tool policy (STEPBUS_POLICY_FILE unset): every built-in tool and every tool of "
+            "a configured MCP server is allowed"
+        )
+    limits = FetchLimits(
+        max_bytes=settings.http_fetch_max_bytes,
+        timeout_seconds=settings.http_fetch_timeout_seconds,
+        allow_private=settings.http_fetch_allow_private,
+    )
+    registry = ToolRegistry()
+    for tool in (*builtin_registry().tools.values(), http_fetch_tool(limits)):
+        registry.add(dataclasses.replace(tool, risk=policy.risk(tool.name, tool.risk)))
     publisher = service_publisher(settings, "stepbus-tool-executor")
     ledger = Ledger(
         settings.kafka_bootstrap_servers,
@@ -50,7 +68,16 @@ async def main(settings: ToolExecutorSettings | None = None) -> None:
         max_tasks=settings.ledger_max_tasks,
         payloads=publisher.payloads,
     )
-    handler = ToolCallHandler(registry, ledger, topics, ExecutionLog(settings.execution_log))
+    config = load_mcp_config(settings.mcp_config) if settings.mcp_config else McpConfig()
+    handler = ToolCallHandler(
+        registry,
+        ledger,
+        topics,
+        ExecutionLog(settings.execution_log),
+        policy=policy,
+        max_output_chars=settings.max_output_chars,
+        servers=frozenset(config.servers),
+    )
     processor = service_processor(
         settings,
         name="tool-executor",
@@ -61,7 +88,6 @@ async def main(settings: ToolExecutorSettings | None = None) -> None:
     )
 
     reviewed = settings.reviewed()
-    config = load_mcp_config(settings.mcp_config) if settings.mcp_config else McpConfig()
     servers = McpServers(
         config,
         registry,
@@ -71,6 +97,7 @@ async def main(settings: ToolExecutorSettings | None = None) -> None:
         concurrency=settings.mcp_tool_concurrency,
         ping_interval=settings.mcp_ping_interval_seconds,
         backoff=Backoff(settings.mcp_restart_initial_seconds, settings.mcp_restart_max_seconds),
+        risk=policy.risk,
     )
     unknown = [
         name for name in sorted(reviewed - set(registry.tools))

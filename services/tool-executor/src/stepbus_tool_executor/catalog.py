@@ -27,6 +27,7 @@ def catalog_event(tool: Tool, topic: str, reviewed: frozenset[str] = frozenset()
                 parameters=tool.parameters,
                 source=tool.source,
                 review=tool.name in reviewed,
+                risk=tool.risk,
             ),
         ),
     )

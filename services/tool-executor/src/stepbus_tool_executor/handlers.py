@@ -1,33 +1,56 @@
-"""Tool-call commands in, tool outcomes out (to the planner's history)."""
+"""Tool-call commands in, tool outcomes out (to the planner's history), every decision audited.
+
+Per call: a recorded outcome is replayed; otherwise the call is decided (``guard.verdict``:
+the task's narrowing, the policy, a clearance) and the decision goes to ``audit``. A denied call
+is answered as a ``denied`` failure without reaching the tool; a held one is answered with
+``stepbus.tool.call_held`` (recorded nowhere else: the planner re-sends it with its clearance);
+an allowed one runs. Its output is scanned for prompt injections: findings go on the outcome,
+in a metric and to ``audit``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from stepbus_contracts import (
     MAX_FACT_LENGTH,
+    MAX_FLAGS,
     CloudEvent,
+    InjectionFlagged,
+    InjectionFlaggedData,
     MemoryRememberRequested,
     MemoryRememberRequestedData,
+    PolicyDecided,
+    PolicyDecidedData,
     ToolCallCompleted,
     ToolCallCompletedData,
     ToolCallFailed,
     ToolCallFailedData,
+    ToolCallHeld,
+    ToolCallHeldData,
     ToolCallRequested,
     Topics,
     derive_id,
+    utcnow,
 )
 from stepbus_runtime import Emit, RecordContext, clip
 from stepbus_runtime.metrics import DROPPED_RECORDS
 
 from .audit import ExecutionLog
+from .guard import Verdict, narrowed, server_of, verdict
+from .injection import reasons, scan
 from .ledger import Ledger
+from .mcp_config import SEPARATOR
+from .metrics import FLAGGED_OUTPUTS, POLICY_DECISIONS, POLICY_SECONDS
+from .policy import Policy, allow_all
 from .registry import (
     CallContext,
+    Tool,
     ToolFailedError,
     ToolInputError,
     ToolRegistry,
@@ -41,8 +64,24 @@ _SOURCE = "urn:stepbus:tool-executor"
 log = logging.getLogger(__name__)
 
 
+TRUNCATED_NOTE = "\n[stepbus: output truncated at {limit:,} of {size:,} characters]"
+
+
 class ToolCallHandler:
-    """Runs one tool call per command, at most once per idempotency key."""
+    """Runs one tool call per command, at most once per idempotency key, as the policy allows.
+
+    Args:
+        registry: The tools.
+        ledger: Recorded outcomes.
+        topics: Topic names.
+        executions: The log of real executions (audit, chaos checks).
+        policy: The tool policy (``allow_all`` without a policy file).
+        max_output_chars: Longest output kept; a longer one is cut, with a note saying so
+            (outputs above the claim-check threshold travel by reference, uncut).
+        clock: Current time (injectable for tests).
+        servers: The configured MCP servers: a call to a tool of one that never came up is
+            ``unavailable``, not ``unknown_tool``.
+    """
 
     def __init__(
         self,
@@ -50,11 +89,20 @@ class ToolCallHandler:
         ledger: Ledger,
         topics: Topics,
         executions: ExecutionLog | None = None,
+        *,
+        policy: Policy | None = None,
+        max_output_chars: int = 1_000_000,
+        clock: Callable[[], datetime] = utcnow,
+        servers: frozenset[str] = frozenset(),
     ) -> None:
+        self._servers = servers
         self._registry = registry
         self._ledger = ledger
         self._topics = topics
         self._executions = executions or ExecutionLog(None)
+        self._policy = policy or allow_all()
+        self._max_output = max_output_chars
+        self._clock = clock
 
     async def __call__(self, command: ToolCallRequested, context: RecordContext) -> Sequence[Emit]:
         """Run the call (or replay its recorded outcome) and report it.
@@ -76,11 +124,165 @@ class ToolCallHandler:
         recorded = self._ledger.recorded(command.subject, call.idempotency_key)
         if recorded is not None:  # its memory request again too: the memory dedupes by key
             return [*self._remembered(command, recorded), self._emit(command, recorded, True)]
-        outcome = await self._run(command, context)
+        tool = self._registry.get(call.name)
+        audit: list[Emit] = []
+        refused = narrowed(call)
+        if tool is None and refused is None:
+            outcome = self._missing(call.name)
+        else:
+            decided = refused or self._decide(command, tool)
+            audit.append(self._audited(command, tool, decided))
+            if decided.decision in ("approval_required", "review_required"):
+                return [*audit, self._held(command, decided)]  # not recorded: it did not run
+            if decided.decision == "deny":
+                outcome = _failure(decided.reason, "denied")
+            else:
+                outcome = await self._run(command, context, tool)
+                audit.extend(self._scanned(command, tool, outcome))
         entry = self._ledger.record(
             command.subject, command.tenant, call.idempotency_key, outcome, context.partition
         )
-        return [entry, *self._remembered(command, outcome), self._emit(command, outcome, False)]
+        return [
+            entry,
+            *audit,
+            *self._remembered(command, outcome),
+            self._emit(command, outcome, False),
+        ]
+
+    def _missing(self, name: str) -> dict[str, Any]:
+        """The failure of a call to a tool that is not registered: ``unavailable`` when it
+        belongs to a configured MCP server whose tools are not listed (it has not come up)."""
+        server = name.split(SEPARATOR, 1)[0] if SEPARATOR in name else None
+        if server in self._servers:
+            return _failure(
+                f"MCP server {server!r} is not up: its tools are not available now", "unavailable"
+            )
+        known = ", ".join(sorted(self._registry.tools)) or "none"
+        return _failure(f"unknown tool {name!r}; available: {known}", "unknown_tool")
+
+    def _decide(self, command: ToolCallRequested, tool: Tool) -> Verdict:
+        started = time.perf_counter()
+        flagged = command.data.flagged or self._ledger.flagged(command.subject)
+        decided = verdict(
+            self._policy,
+            command.data,
+            tool,
+            tenant=command.tenant,
+            flagged=flagged,
+            now=self._clock(),
+        )
+        POLICY_SECONDS.observe(time.perf_counter() - started)
+        POLICY_DECISIONS.labels(tool.name, decided.decision).inc()
+        return decided
+
+    def permits(self, command: ToolCallRequested, tool: Tool) -> Callable[[str], str | None]:
+        """Whether the same call with another ``url`` would be allowed (None) or why not: how
+        ``http_fetch`` checks a redirect against the policy's hosts."""
+
+        def check(url: str) -> str | None:
+            data = command.data.model_copy(
+                update={"arguments": {**command.data.arguments, "url": url}}
+            )
+            decided = verdict(
+                self._policy,
+                data,
+                tool,
+                tenant=command.tenant,
+                flagged=command.data.flagged or self._ledger.flagged(command.subject),
+                now=self._clock(),
+            )
+            return None if decided.decision == "allow" else decided.reason
+
+        return check
+
+    def _audited(self, command: ToolCallRequested, tool: Tool | None, decided: Verdict) -> Emit:
+        """The decision's record on the audit trail (stage 0: before anything it lets run)."""
+        call = command.data
+        event = PolicyDecided(
+            id=derive_id(command.id, "policy"),
+            source=_SOURCE,
+            subject=command.subject,
+            tenant=command.tenant,
+            data=PolicyDecidedData(
+                step=call.step,
+                call_index=call.call_index,
+                tool=call.name,
+                decision=decided.decision,
+                rule=decided.rule[:256],
+                reason=clip(decided.reason, 2_000),
+                task_id=command.subject,
+                tenant=command.tenant,
+                roles=call.roles,
+                server=server_of(tool),
+                idempotency_key=call.idempotency_key,
+                flagged=call.flagged or self._ledger.flagged(command.subject),
+                approval_id=decided.approval_id,
+            ),
+        )
+        return Emit(self._topics.audit, event, key=command.subject)
+
+    def _held(self, command: ToolCallRequested, decided: Verdict) -> Emit:
+        """The answer to a call the policy holds: the planner waits for its approval or review
+        and re-sends the call with the clearance (stage 1: after its audit record)."""
+        call = command.data
+        gate = "approval" if decided.decision == "approval_required" else "review"
+        expires = self._clock() + timedelta(seconds=decided.expires_seconds)
+        held = ToolCallHeld(
+            id=derive_id(command.id, "held"),
+            source=_SOURCE,
+            subject=command.subject,
+            tenant=command.tenant,
+            data=ToolCallHeldData(
+                step=call.step,
+                call_index=call.call_index,
+                name=call.name,
+                idempotency_key=call.idempotency_key,
+                gate=gate,
+                rule=decided.rule[:256],
+                reason=clip(decided.reason, 2_000),
+                approval_id=decided.approval_id if gate == "approval" else None,
+                approvers=list(decided.approvers)[:32],
+                expires_at=expires if gate == "approval" else None,
+            ),
+        )
+        return Emit(self._topics.planner_history, held, stage=1)
+
+    def _scanned(
+        self, command: ToolCallRequested, tool: Tool, outcome: dict[str, Any]
+    ) -> list[Emit]:
+        """Flag a likely prompt injection in the output: on the outcome (which the planner
+        shows the model with a warning, and the policy's ``flagged`` reads), in a metric and
+        on the audit trail."""
+        if "output" not in outcome:
+            return []
+        offered = command.data.offered or list(self._registry.tools)
+        findings = scan(str(outcome["output"]), offered)
+        if not findings:
+            return []
+        flags = [clip(reason, 300) for reason in reasons(findings)][:MAX_FLAGS]
+        outcome["flags"] = flags
+        for finding in findings:
+            FLAGGED_OUTPUTS.labels(tool.name, finding.kind).inc()
+        log.warning(
+            "output of %s for task %s flagged as a likely prompt injection: %s",
+            tool.name, clip(command.subject, 80), "; ".join(flags),
+        )  # fmt: skip
+        call = command.data
+        event = InjectionFlagged(
+            id=derive_id(command.id, "flagged"),
+            source=_SOURCE,
+            subject=command.subject,
+            tenant=command.tenant,
+            data=InjectionFlaggedData(
+                step=call.step,
+                call_index=call.call_index,
+                tool=call.name,
+                source=tool.source,
+                findings=flags,
+                idempotency_key=call.idempotency_key,
+            ),
+        )
+        return [Emit(self._topics.audit, event, key=command.subject)]
 
     def _remembered(self, command: ToolCallRequested, outcome: dict[str, Any]) -> list[Emit]:
         """The memory request of a successful call to a tool that remembers (stage 0, with
@@ -105,13 +307,11 @@ class ToolCallHandler:
         )
         return [Emit(self._topics.memory_requests, request)]
 
-    async def _run(self, command: ToolCallRequested, context: RecordContext) -> dict[str, Any]:
+    async def _run(
+        self, command: ToolCallRequested, context: RecordContext, tool: Tool
+    ) -> dict[str, Any]:
         call = command.data
-        tool = self._registry.get(call.name)
         started = time.perf_counter()
-        if tool is None:
-            known = ", ".join(sorted(self._registry.tools)) or "none"
-            return _failure(f"unknown tool {call.name!r}; available: {known}", "unknown_tool")
         if tool.check is not None:
             try:
                 tool.check(call.arguments)  # before the call is run, or logged as run
@@ -119,7 +319,10 @@ class ToolCallHandler:
                 return _failure(str(exc), "invalid_arguments")
         self._executions.executed(call.idempotency_key, call.name)
         run = tool.run(
-            call.arguments, CallContext(call.idempotency_key, command.subject, command.tenant)
+            call.arguments,
+            CallContext(
+                call.idempotency_key, command.subject, command.tenant, self.permits(command, tool)
+            ),
         )
         try:
             output = await asyncio.wait_for(run, timeout=call.timeout_seconds)
@@ -132,10 +335,17 @@ class ToolCallHandler:
         except TimeoutError:
             return _failure(f"timed out after {call.timeout_seconds:g}s", "timeout")
         except Exception as exc:
-            if not context.last_attempt:
-                raise  # maybe transient: the processor retries with backoff
+            if tool.idempotent and not context.last_attempt:
+                raise  # maybe transient, and harmless to repeat: the processor retries
+            # Maybe it did its effect: running it again could do it twice.
             return _failure(f"{type(exc).__name__}: {exc}", "tool_error")
-        return {"output": output, "duration_ms": (time.perf_counter() - started) * 1000}
+        text = str(output)
+        outcome: dict[str, Any] = {"output": text, "source": tool.source}
+        if len(text) > self._max_output:
+            note = TRUNCATED_NOTE.format(limit=self._max_output, size=len(text))
+            outcome.update(output=text[: self._max_output] + note, truncated=True)
+        outcome["duration_ms"] = (time.perf_counter() - started) * 1000
+        return outcome
 
     def _emit(self, command: ToolCallRequested, outcome: dict[str, Any], replayed: bool) -> Emit:
         call = command.data
@@ -167,6 +377,9 @@ class ToolCallHandler:
                     output=str(outcome["output"]),
                     duration_ms=float(outcome.get("duration_ms", 0.0)),
                     replayed=replayed,
+                    source=str(outcome.get("source", "builtin"))[:256],
+                    flags=[str(flag) for flag in outcome.get("flags", ())][:MAX_FLAGS],
+                    truncated=bool(outcome.get("truncated", False)),
                 ),
             )
         return Emit(self._topics.planner_history, event, stage=0 if replayed else 1)

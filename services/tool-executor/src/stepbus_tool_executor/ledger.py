@@ -80,6 +80,11 @@ class Ledger:
         """The outcome recorded for the key, if any."""
         return self._tasks.get(task_id, {}).get(idempotency_key)
 
+    def flagged(self, task_id: str) -> bool:
+        """True when an outcome recorded for the task was flagged as a likely prompt injection
+        (the policy's ``flagged``: the planner says so too, this does not rely on it)."""
+        return any(outcome.get("flags") for outcome in self._tasks.get(task_id, {}).values())
+
     def tenant(self, task_id: str) -> str | None:
         """The tenant whose calls the task's outcomes were recorded for, if any."""
         return self._tenants.get(task_id)

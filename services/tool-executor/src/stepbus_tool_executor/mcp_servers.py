@@ -33,7 +33,7 @@ from .registry import (
     ToolUnavailableError,
 )
 
-__all__ = ["McpServers", "result_text"]
+__all__ = ["McpServers", "annotated_risk", "result_text"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class McpServers:
         concurrency: Calls of one tool in flight at most.
         ping_interval: Seconds between liveness pings of each server.
         backoff: Restart delays of a failed server.
+        risk: A tool's risk from its name and annotated risk (``Policy.risk``).
     """
 
     def __init__(
@@ -67,14 +68,17 @@ class McpServers:
         concurrency: int = 8,
         ping_interval: float = 10.0,
         backoff: Backoff = DEFAULT_BACKOFF,
+        risk: Callable[[str, str], str] = lambda tool, default: default,
     ) -> None:
         self._registry = registry
+        self._risk = risk
         self._publish = publish
         self._topic = catalog_topic
         self._reviewed = reviewed
         self._concurrency = concurrency
         self._published: dict[str, set[str]] = {name: set() for name in config.servers}
-        self._listed: dict[str, tuple[str, str, str]] = {}  # published name -> its catalog form
+        # Each published name with its catalog form (description, parameters, source, risk).
+        self._listed: dict[str, tuple[str, str, str, str]] = {}
         self.sessions = {
             name: McpSession(
                 name,
@@ -136,7 +140,8 @@ class McpServers:
             self._listed.pop(name, None)
         for name, tool in current.items():
             self._registry.add(tool)
-            form = (tool.description, json.dumps(tool.parameters, sort_keys=True), tool.source)
+            parameters = json.dumps(tool.parameters, sort_keys=True)
+            form = (tool.description, parameters, tool.source, tool.risk)
             if self._listed.get(name) != form:  # unchanged tools are in the catalog already
                 emits.append(catalog_event(tool, self._topic, self._reviewed))
                 self._listed[name] = form
@@ -156,7 +161,8 @@ class McpServers:
             )  # fmt: skip
             return None
         validator = validator_class(schema)
-        idempotent = bool(remote.annotations and remote.annotations.idempotent_hint)
+        hints = remote.annotations
+        idempotent = bool(hints and (hints.idempotent_hint or hints.read_only_hint))
         limit = asyncio.Semaphore(self._concurrency)
 
         def check(arguments: dict[str, Any]) -> None:
@@ -193,7 +199,20 @@ class McpServers:
             run=run,
             source=f"mcp:{session.name}",
             check=check,
+            risk=self._risk(name, annotated_risk(hints)),
+            idempotent=idempotent,
         )
+
+
+def annotated_risk(hints: types.ToolAnnotations | None) -> str:
+    """A tool's risk from its MCP annotations: read-only is low, declared destructive is high,
+    anything else (no annotations, additive writes) medium. Hints are the server's word: the
+    policy file's ``tools:`` overrides them."""
+    if hints is None:
+        return "medium"
+    if hints.read_only_hint:
+        return "low"
+    return "high" if hints.destructive_hint else "medium"
 
 
 def result_text(result: types.CallToolResult) -> str:

@@ -42,15 +42,25 @@ class CallContext(str):
     """The idempotency key of a call (the string itself), with the task and tenant it is for.
 
     A ``str`` so that a tool written as ``run(arguments, idempotency_key)`` keeps working.
+    ``permits(url)`` asks the policy whether the same call with ``url`` instead would be
+    allowed (None) or why not: ``http_fetch`` checks every redirect with it.
     """
 
     task_id: str
     tenant: str
+    permits: Callable[[str], str | None] | None
 
-    def __new__(cls, idempotency_key: str, task_id: str = "", tenant: str = "") -> CallContext:
+    def __new__(
+        cls,
+        idempotency_key: str,
+        task_id: str = "",
+        tenant: str = "",
+        permits: Callable[[str], str | None] | None = None,
+    ) -> CallContext:
         context = super().__new__(cls, idempotency_key)
         context.task_id = task_id
         context.tenant = tenant
+        context.permits = permits
         return context
 
     @property
@@ -75,6 +85,11 @@ class Tool:
     check: Callable[[dict[str, Any]], None] | None = None
     """Validates the arguments before the call is run (or logged as run); raises
     ``ToolInputError``."""
+    risk: str = "medium"
+    """``low``, ``medium`` or ``high``: the policy's resource attribute, in the catalog too."""
+    idempotent: bool = False
+    """Running the call twice does no more than once: a call that failed unexpectedly is
+    retried (with backoff); any other is not, since its effect may have happened."""
 
 
 @dataclass
@@ -115,6 +130,8 @@ CALCULATOR = Tool(
         "required": ["expression"],
     },
     run=_calculator,
+    risk="low",
+    idempotent=True,
 )
 
 
@@ -138,6 +155,7 @@ REMEMBER = Tool(
     },
     run=_remember,
     remembers="fact",
+    idempotent=True,  # the memory service keeps one fact per idempotency key
 )
 
 

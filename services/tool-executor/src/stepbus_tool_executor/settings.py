@@ -35,6 +35,30 @@ class ToolExecutorSettings(ServiceSettings):
         "they run (the catalog's `review` flag), e.g. `remember,shell`.",
     )
 
+    policy_file: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("STEPBUS_POLICY_FILE"),
+        description="YAML tool policy (ordered ABAC rules: allow, deny, require approval, "
+        "require review); unset: every configured tool is allowed (logged at start).",
+    )
+    max_output_chars: int = Field(
+        default=1_000_000,
+        ge=1_000,
+        description="Longest tool output kept; a longer one is cut with a note. Outputs above "
+        "the claim-check threshold travel by reference.",
+    )
+    http_fetch_max_bytes: int = Field(
+        default=1_000_000, ge=1, description="Body bytes `http_fetch` reads at most."
+    )
+    http_fetch_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Time limit of one `http_fetch`, redirects included."
+    )
+    http_fetch_allow_private: bool = Field(
+        default=False,
+        description="Let `http_fetch` reach private, loopback and link-local addresses "
+        "(refused by default: a model must not reach the cluster's own services).",
+    )
+
     mcp_config: str | None = Field(
         default=None,
         validation_alias=AliasChoices("STEPBUS_MCP_CONFIG"),
