@@ -2,8 +2,8 @@
 
 ``write`` appends ``{"key", "path", "text"}`` to ``STEPBUS_TEST_SIDE_EFFECTS`` once per
 idempotency key (from the request's ``_meta``) and logs every call to ``STEPBUS_TEST_CALLS``;
-``read`` returns a note; ``inject`` returns a search result carrying a prompt injection that
-asks for a ``write``.
+``read`` returns a note; ``report`` a long text; ``inject`` returns a search result carrying a
+prompt injection that asks for a ``write``.
 """
 
 from __future__ import annotations
@@ -63,6 +63,13 @@ def read(path: str, ctx: Context) -> str:
 def inject(topic: str, ctx: Context) -> str:
     _log("inject", {"topic": topic}, _meta(ctx))
     return INJECTED
+
+
+@server.tool(description="Return a long report.", annotations=ToolAnnotations(readOnlyHint=True))
+def report(kilobytes: int, ctx: Context) -> str:
+    _log("report", {"kilobytes": kilobytes}, _meta(ctx))
+    line = "quarterly figures: revenue up, costs flat, nothing unusual to report.\n"
+    return (line * (kilobytes * 1024 // len(line) + 1))[: kilobytes * 1024]
 
 
 if __name__ == "__main__":

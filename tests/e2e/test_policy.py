@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from stepbus_runtime import read_to_end, topic_partitions
+from stepbus_runtime import PayloadStore, read_to_end, topic_partitions
 
 from ..harness import LOGS, TopicReader
 from .conftest import Stack, running_stack
@@ -26,6 +26,9 @@ from .test_task_flow import publish_plain, terminals
 pytestmark = pytest.mark.e2e
 
 SERVER = Path(__file__).with_name("mcp_desk_server.py")
+REPORT_KB = 700
+"""A tool result above the claim-check threshold (256 KiB), under the output cap: it travels by
+reference, whole."""
 POLICY = Path(__file__).with_name("policy.yaml")
 
 
@@ -223,3 +226,23 @@ async def test_an_injected_instruction_is_flagged_and_the_call_it_asks_for_is_de
     rules = {(e["data"]["tool"], e["data"]["decision"], e["data"]["rule"])
              for e in of(audit, task_id, "stepbus.policy.decided")}  # fmt: skip
     assert ("desk__write", "deny", "after-injection") in rules
+
+
+async def test_a_result_above_the_claim_check_threshold_travels_by_reference_uncut(
+    stack: Stack,
+) -> None:
+    text = f'Summarise it [tool=desk__report] {{"kilobytes": {REPORT_KB}}}'
+    task_id, end = await run(stack, task(text, ["desk__report"]))
+    journal = await on_topic(stack, stack.topics.planner_history, task_id)
+    claims = [e for e in of(journal, task_id, "stepbus.tool.call_completed") if "claimcheck" in e]
+    [claim] = claims
+    assert "data" not in claim and claim["claimcheck"]["size"] > REPORT_KB * 1024
+    # The answer is the whole result: the terminal event is big too, and travels by claim.
+    assert end["type"] == "stepbus.task.completed" and "claimcheck" in end
+    store = PayloadStore(stack.bootstrap, stack.topics.payloads)
+    await store.start()
+    try:
+        resolved = json.loads(await store.resolve(json.dumps(end).encode()) or b"{}")
+    finally:
+        await store.stop()
+    assert len(resolved["data"]["output"]) == REPORT_KB * 1024
