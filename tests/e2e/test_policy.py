@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
-from stepbus_runtime import PayloadStore, read_to_end, topic_partitions
+from stepbus_runtime import PayloadStore
 
 from ..harness import LOGS, TopicReader
 from .conftest import Stack, running_stack
+from .test_critic import topic_events
 from .test_recovery import of, submit
 from .test_task_flow import publish_plain, terminals
 
@@ -66,19 +66,6 @@ def task(text: str, tools: list[str], **data: Any) -> dict[str, Any]:
     return {"input": text, "tools": tools, "critic": {"enabled": False}, **data}
 
 
-async def on_topic(stack: Stack, topic: str, task_id: str) -> list[dict[str, Any]]:
-    """Every event of ``task_id`` on ``topic``, read to the topic's current end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = await topic_partitions(stack.bootstrap, topic)
-        records = await read_to_end(consumer, tps, {tp: 0 for tp in tps})
-    finally:
-        await consumer.stop()
-    events = [json.loads(r.value) for r in records if r.value]
-    return [e for e in events if e.get("subject") == task_id]
-
-
 async def decide(stack: Stack, task_id: str, approval_id: str, decision: str, by: str) -> None:
     """Publish ``stepbus.approval.decided`` by hand, as any upstream system would."""
     event = {
@@ -120,7 +107,7 @@ async def test_a_denied_call_never_reaches_the_server_and_is_audited(stack: Stac
     assert end["type"] == "stepbus.task.completed"
     assert end["data"]["output"].startswith("error: denied by policy rule 'no-secrets'")
     assert writes(stack, task_id) == []
-    [decided] = of(await on_topic(stack, stack.topics.audit, task_id), task_id,
+    [decided] = of(await topic_events(stack, stack.topics.audit, task_id), task_id,
                    "stepbus.policy.decided")  # fmt: skip
     assert (decided["data"]["decision"], decided["data"]["rule"]) == ("deny", "no-secrets")
     assert (decided["data"]["task_id"], decided["data"]["tenant"]) == (task_id, "acme")
@@ -139,7 +126,7 @@ async def test_a_tool_the_task_was_not_offered_is_denied_though_the_model_names_
     assert [
         c for c in lines(files / "calls.jsonl") if c["meta"].get("stepbus/task_id") == task_id
     ] == []
-    [decided] = of(await on_topic(stack, stack.topics.audit, task_id), task_id,
+    [decided] = of(await topic_events(stack, stack.topics.audit, task_id), task_id,
                    "stepbus.policy.decided")  # fmt: skip
     assert (decided["data"]["decision"], decided["data"]["rule"]) == ("deny", "not-offered")
 
@@ -169,7 +156,7 @@ async def test_an_approval_survives_restarts_and_resumes_the_task(stack: Stack) 
 
     assert (end["type"], end["data"]["output"]) == ("stepbus.task.completed", "wrote /notes/a.txt")
     assert len(writes(stack, task_id)) == 1
-    audit = await on_topic(stack, stack.topics.audit, task_id)
+    audit = await topic_events(stack, stack.topics.audit, task_id)
     [resolved] = of(audit, task_id, "stepbus.approval.resolved")
     assert (resolved["data"]["outcome"], resolved["data"]["by"]) == ("approved", "alice@acme")
     decisions = {e["data"]["decision"] for e in of(audit, task_id, "stepbus.policy.decided")}
@@ -190,7 +177,7 @@ async def test_a_denied_approval_ends_the_task_without_the_call(stack: Stack) ->
     assert end["type"] == "stepbus.task.completed"
     assert end["data"]["output"] == "error: denied by bob@acme: checked"
     assert writes(stack, task_id) == []
-    [resolved] = of(await on_topic(stack, stack.topics.audit, task_id), task_id,
+    [resolved] = of(await topic_events(stack, stack.topics.audit, task_id), task_id,
                     "stepbus.approval.resolved")  # fmt: skip
     assert resolved["data"]["outcome"] == "denied"
 
@@ -202,7 +189,7 @@ async def test_an_approval_nobody_decides_expires_as_a_denial(stack: Stack) -> N
     assert end["type"] == "stepbus.task.completed"
     assert "approval expired" in end["data"]["output"]
     assert writes(stack, task_id) == []
-    [resolved] = of(await on_topic(stack, stack.topics.audit, task_id), task_id,
+    [resolved] = of(await topic_events(stack, stack.topics.audit, task_id), task_id,
                     "stepbus.approval.resolved")  # fmt: skip
     assert (resolved["data"]["outcome"], resolved["data"]["by"]) == ("expired", "stepbus")
 
@@ -215,12 +202,12 @@ async def test_an_injected_instruction_is_flagged_and_the_call_it_asks_for_is_de
 
     assert end["type"] == "stepbus.task.completed"
     assert writes(stack, task_id) == []  # the model fell for it; the policy did not
-    journal = await on_topic(stack, stack.topics.planner_history, task_id)
+    journal = await topic_events(stack, stack.topics.planner_history, task_id)
     [first] = [e for e in of(journal, task_id, "stepbus.tool.call_completed")]
     assert first["data"]["flags"] and first["data"]["source"] == "mcp:desk"
     [denied] = of(journal, task_id, "stepbus.tool.call_failed")
     assert (denied["data"]["name"], denied["data"]["error_type"]) == ("desk__write", "denied")
-    audit = await on_topic(stack, stack.topics.audit, task_id)
+    audit = await topic_events(stack, stack.topics.audit, task_id)
     [flagged] = of(audit, task_id, "stepbus.injection.flagged")
     assert any(f.startswith("instruction") for f in flagged["data"]["findings"])
     rules = {(e["data"]["tool"], e["data"]["decision"], e["data"]["rule"])
@@ -233,7 +220,7 @@ async def test_a_result_above_the_claim_check_threshold_travels_by_reference_unc
 ) -> None:
     text = f'Summarise it [tool=desk__report] {{"kilobytes": {REPORT_KB}}}'
     task_id, end = await run(stack, task(text, ["desk__report"]))
-    journal = await on_topic(stack, stack.topics.planner_history, task_id)
+    journal = await topic_events(stack, stack.topics.planner_history, task_id)
     claims = [e for e in of(journal, task_id, "stepbus.tool.call_completed") if "claimcheck" in e]
     [claim] = claims
     assert "data" not in claim and claim["claimcheck"]["size"] > REPORT_KB * 1024

@@ -40,6 +40,7 @@ def test_asyncapi_names_every_public_channel() -> None:
     assert set(document["channels"]["results"]["messages"]) == {
         "stepbus_task_progress",
         "stepbus_approval_requested",
+        "stepbus_approval_resolved",
         "stepbus_task_completed",
         "stepbus_task_failed",
         "stepbus_task_cancelled",

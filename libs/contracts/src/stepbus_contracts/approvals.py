@@ -4,7 +4,8 @@ A call the tool policy holds for a person's approval is announced on ``results``
 (``stepbus.approval.requested``); any upstream system decides it on ``tasks``
 (``stepbus.approval.decided``). The task waits as state on its journal, not in a process: it
 survives restarts of every service and of the broker. The planner records the outcome
-(``stepbus.approval.resolved``: approved, denied, or expired) on the journal and on ``audit``.
+(``stepbus.approval.resolved``: approved, denied, or expired) on the journal, on ``results``
+and on ``audit``.
 
 ``audit`` holds every policy decision of the tool-executor (``stepbus.policy.decided``),
 every resolved approval, and every tool output flagged as a likely prompt injection
@@ -109,7 +110,7 @@ class ApprovalResolvedData(_CallRef):
 
 
 class ApprovalResolved(CloudEvent):
-    """An approval ended (on the task's journal and on ``audit``)."""
+    """An approval ended (on the task's journal, on ``results`` and on ``audit``)."""
 
     type: Literal["stepbus.approval.resolved"] = "stepbus.approval.resolved"
     data: ApprovalResolvedData = Field(description="The outcome.")

@@ -102,7 +102,12 @@ CriticCommand = Annotated[CritiqueRequested, Field(discriminator="type")]
 """What ``critic.requests`` holds."""
 
 ResultEvent = Annotated[
-    TaskProgress | ApprovalRequested | TaskCompleted | TaskFailed | TaskCancelled,
+    TaskProgress
+    | ApprovalRequested
+    | ApprovalResolved
+    | TaskCompleted
+    | TaskFailed
+    | TaskCancelled,
     Field(discriminator="type"),
 ]
 """What ``results`` holds."""
@@ -117,7 +122,7 @@ tasks_adapter: TypeAdapter[TaskInput] = TypeAdapter(TaskInputEvent)
 history_adapter: TypeAdapter[JournalEvent] = TypeAdapter(HistoryEvent)
 tool_calls_adapter: TypeAdapter[ToolCallRequested] = TypeAdapter(ToolCommand)
 results_adapter: TypeAdapter[
-    TaskProgress | ApprovalRequested | TaskCompleted | TaskFailed | TaskCancelled
+    TaskProgress | ApprovalRequested | ApprovalResolved | TaskCompleted | TaskFailed | TaskCancelled
 ] = TypeAdapter(ResultEvent)
 audit_adapter: TypeAdapter[AuditRecord] = TypeAdapter(AuditEvent)
 tool_catalog_adapter: TypeAdapter[ToolRegistered] = TypeAdapter(ToolRegistered)

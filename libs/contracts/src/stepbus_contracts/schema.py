@@ -57,8 +57,16 @@ _CHANNELS: tuple[tuple[str, bool, str, tuple[type[CloudEvent], ...]], ...] = (
     (
         "results",
         True,
-        "Progress, approvals asked for, and exactly one terminal event per task.",
-        (TaskProgress, ApprovalRequested, TaskCompleted, TaskFailed, TaskCancelled),
+        "Progress, approvals asked for and how they ended, and exactly one terminal event per "
+        "task.",
+        (
+            TaskProgress,
+            ApprovalRequested,
+            ApprovalResolved,
+            TaskCompleted,
+            TaskFailed,
+            TaskCancelled,
+        ),
     ),
     (
         "audit",

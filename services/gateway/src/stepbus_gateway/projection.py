@@ -45,6 +45,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from stepbus_contracts import (
     ApprovalRequested,
+    ApprovalResolved,
     TaskCancelled,
     TaskCompleted,
     TaskFailed,
@@ -72,7 +73,7 @@ TERMINAL_TYPES: frozenset[str] = frozenset(
 )
 
 ResultEvent: TypeAlias = (
-    TaskProgress | ApprovalRequested | TaskCompleted | TaskFailed | TaskCancelled
+    TaskProgress | ApprovalRequested | ApprovalResolved | TaskCompleted | TaskFailed | TaskCancelled
 )
 """What the results topic carries (the union ``results_adapter`` decodes)."""
 
@@ -209,7 +210,9 @@ def status_fields(event: ResultEvent) -> dict[str, str]:
         case TaskProgress():
             fields["status"] = "running"
         case ApprovalRequested():
-            fields["status"] = "waiting"  # for an approval: the next progress runs it again
+            fields["status"] = "waiting"  # for an approval
+        case ApprovalResolved():
+            fields["status"] = "running"
         case TaskCompleted(data=data):
             fields.update(status="completed", output=data.output, steps=str(data.steps))
         case TaskFailed(data=data):

@@ -348,6 +348,7 @@ class PlannerHandlers:
         outputs = [
             Emit(self._topics.planner_history, resolved, stage=_RECORD),
             Emit(self._topics.audit, resolved, stage=_RECORD),
+            Emit(self._topics.results, resolved, stage=_RECORD),
             *(Emit(self._topics.results, p, stage=_RECORD) for p in _progress(resolved)),
         ]
         move = next_move(state, resolved, self._clock())

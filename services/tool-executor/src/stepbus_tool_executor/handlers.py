@@ -34,6 +34,7 @@ from stepbus_contracts import (
     ToolCallHeld,
     ToolCallHeldData,
     ToolCallRequested,
+    ToolCallRequestedData,
     Topics,
     derive_id,
     utcnow,
@@ -180,17 +181,11 @@ class ToolCallHandler:
         ``http_fetch`` checks a redirect against the policy's hosts."""
 
         def check(url: str) -> str | None:
-            data = command.data.model_copy(
-                update={"arguments": {**command.data.arguments, "url": url}}
+            arguments = {**command.data.arguments, "url": url}
+            again = command.model_copy(
+                update={"data": command.data.model_copy(update={"arguments": arguments})}
             )
-            decided = verdict(
-                self._policy,
-                data,
-                tool,
-                tenant=command.tenant,
-                flagged=command.data.flagged or self._ledger.flagged(command.subject),
-                now=self._clock(),
-            )
+            decided = self._decide(again, tool)
             return None if decided.decision == "allow" else decided.reason
 
         return check
@@ -199,10 +194,7 @@ class ToolCallHandler:
         """The decision's record on the audit trail (stage 0: before anything it lets run)."""
         call = command.data
         event = PolicyDecided(
-            id=derive_id(command.id, "policy"),
-            source=_SOURCE,
-            subject=command.subject,
-            tenant=command.tenant,
+            **_envelope(command, "policy"),
             data=PolicyDecidedData(
                 step=call.step,
                 call_index=call.call_index,
@@ -228,15 +220,9 @@ class ToolCallHandler:
         gate = "approval" if decided.decision == "approval_required" else "review"
         expires = self._clock() + timedelta(seconds=decided.expires_seconds)
         held = ToolCallHeld(
-            id=derive_id(command.id, "held"),
-            source=_SOURCE,
-            subject=command.subject,
-            tenant=command.tenant,
+            **_envelope(command, "held"),
             data=ToolCallHeldData(
-                step=call.step,
-                call_index=call.call_index,
-                name=call.name,
-                idempotency_key=call.idempotency_key,
+                **_ref(call),
                 gate=gate,
                 rule=decided.rule[:256],
                 reason=clip(decided.reason, 2_000),
@@ -269,10 +255,7 @@ class ToolCallHandler:
         )  # fmt: skip
         call = command.data
         event = InjectionFlagged(
-            id=derive_id(command.id, "flagged"),
-            source=_SOURCE,
-            subject=command.subject,
-            tenant=command.tenant,
+            **_envelope(command, "flagged"),
             data=InjectionFlaggedData(
                 step=call.step,
                 call_index=call.call_index,
@@ -294,10 +277,7 @@ class ToolCallHandler:
         if not isinstance(fact, str) or not fact.strip():
             return []
         request = MemoryRememberRequested(
-            id=derive_id(command.id, "remember"),
-            source=_SOURCE,
-            subject=command.subject,
-            tenant=command.tenant,
+            **_envelope(command, "remember"),
             data=MemoryRememberRequestedData(
                 fact=fact.strip()[:MAX_FACT_LENGTH],
                 session_id=command.data.session_id,
@@ -349,18 +329,8 @@ class ToolCallHandler:
 
     def _emit(self, command: ToolCallRequested, outcome: dict[str, Any], replayed: bool) -> Emit:
         call = command.data
-        ref = {
-            "step": call.step,
-            "call_index": call.call_index,
-            "name": call.name,
-            "idempotency_key": call.idempotency_key,
-        }
-        envelope = {
-            "id": derive_id(command.id, "outcome"),
-            "source": _SOURCE,
-            "subject": command.subject,
-            "tenant": command.tenant,
-        }
+        ref = _ref(call)
+        envelope = _envelope(command, "outcome")
         event: CloudEvent
         if "error" in outcome:
             event = ToolCallFailed(
@@ -383,6 +353,26 @@ class ToolCallHandler:
                 ),
             )
         return Emit(self._topics.planner_history, event, stage=0 if replayed else 1)
+
+
+def _envelope(command: ToolCallRequested, part: str) -> dict[str, Any]:
+    """Attributes of an event caused by ``command``: its task and tenant, an id derived from it."""
+    return {
+        "id": derive_id(command.id, part),
+        "source": _SOURCE,
+        "subject": command.subject,
+        "tenant": command.tenant,
+    }
+
+
+def _ref(call: ToolCallRequestedData) -> dict[str, Any]:
+    """The fields naming the call in its outcome or hold."""
+    return {
+        "step": call.step,
+        "call_index": call.call_index,
+        "name": call.name,
+        "idempotency_key": call.idempotency_key,
+    }
 
 
 def _failure(error: str, error_type: str) -> dict[str, Any]:
