@@ -276,3 +276,17 @@ async def produce(
             await producer.send_and_wait(topic, value, key=key, headers=headers or [])
     finally:
         await producer.stop()
+
+
+TEST_TENANTS = ("acme", "globex", "default", "other")
+TEST_API_KEYS = ",".join(
+    [f"test-key-{tenant}-0123456789:{tenant}" for tenant in TEST_TENANTS]
+    + ["test-key-acme-ops-0123456789:acme:ops"]
+)
+"""``STEPBUS_API_KEYS`` of the test gateways: one key per test tenant (and one with a role)."""
+
+
+def auth(tenant: str = "acme", role: str | None = None) -> dict[str, str]:
+    """The ``Authorization`` header of the test key of ``tenant`` (with ``role``: ops only)."""
+    key = f"test-key-{tenant}-{role}-0123456789" if role else f"test-key-{tenant}-0123456789"
+    return {"Authorization": f"Bearer {key}"}

@@ -11,7 +11,14 @@ import pytest
 from stepbus_contracts import Topics
 from stepbus_runtime import ensure_topics
 
-from ..harness import LOGS, ServiceProcess, delete_topics, free_port, unique_prefix
+from ..harness import (
+    LOGS,
+    TEST_API_KEYS,
+    ServiceProcess,
+    delete_topics,
+    free_port,
+    unique_prefix,
+)
 
 
 @dataclass
@@ -100,7 +107,11 @@ async def running_stack(
             ServiceProcess(
                 "gateway",
                 ["stepbus_gateway"],
-                {**env, "STEPBUS_GATEWAY_PORT": str(ports["gateway"])},
+                {
+                    **env,
+                    "STEPBUS_GATEWAY_PORT": str(ports["gateway"]),
+                    "STEPBUS_API_KEYS": TEST_API_KEYS,
+                },
                 f"{gateway_url}/readyz",
             )
         )

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from ..harness import TopicReader
+from ..harness import TopicReader, auth
 from .conftest import Stack
 
 pytestmark = pytest.mark.e2e
@@ -143,7 +143,7 @@ async def test_gateway_accepts_at_once_and_streams_progress_until_the_result(
     stack: Stack,
 ) -> None:
     assert stack.gateway_url is not None, "the gateway service is part of the stack"
-    headers = {"X-Stepbus-Tenant": "acme"}
+    headers = auth("acme")
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
         response = await client.post(
             "/v1/tasks",
@@ -162,7 +162,7 @@ async def test_gateway_accepts_at_once_and_streams_progress_until_the_result(
                 elif line.startswith("data:") and types[-1] in TERMINAL:
                     final = json.loads(line[5:])
         status = (await client.get(task["status_url"], headers=headers)).json()
-        hidden = await client.get(task["status_url"], headers={"X-Stepbus-Tenant": "other"})
+        hidden = await client.get(task["status_url"], headers=auth("other"))
     assert types[0] == "stepbus.task.progress"
     assert types[-1] == "stepbus.task.completed"  # the stream ends after the terminal event
     assert sum(t in TERMINAL for t in types) == 1

@@ -35,11 +35,9 @@ from stepbus_gateway import GatewaySettings, create_app
 from stepbus_gateway.projection import TaskProjection
 from stepbus_runtime import encode
 
-from ..harness import TopicReader, wait_until
+from ..harness import TEST_API_KEYS, TopicReader, auth, wait_until
 
 pytestmark = pytest.mark.integration
-
-TENANT = "X-Stepbus-Tenant"
 
 
 class _Server(uvicorn.Server):
@@ -75,13 +73,13 @@ class Gateway:
     async def submit(self, tenant: str = "acme", **body: Any) -> str:
         """Submit a task and return its id."""
         body.setdefault("input", "What is 17 * 23?")
-        response = await self.client.post("/v1/tasks", json=body, headers={TENANT: tenant})
+        response = await self.client.post("/v1/tasks", json=body, headers=auth(tenant))
         assert response.status_code == 202, response.text
         task_id: str = response.json()["task_id"]
         return task_id
 
     async def status(self, task_id: str, tenant: str = "acme") -> dict[str, Any]:
-        response = await self.client.get(f"/v1/tasks/{task_id}", headers={TENANT: tenant})
+        response = await self.client.get(f"/v1/tasks/{task_id}", headers=auth(tenant))
         assert response.status_code == 200, response.text
         result: dict[str, Any] = response.json()
         return result
@@ -108,7 +106,9 @@ async def running_gateway(
     try:
         await wait_until(lambda: server.started or serving.done(), 60, "gateway started")
         assert not serving.done(), "gateway failed to start"
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=15) as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=15, headers=auth("acme")
+        ) as client:
 
             async def ready() -> bool:
                 return (await client.get("/readyz")).status_code == 200
@@ -130,6 +130,9 @@ def gateway_settings(kafka_bootstrap: str, redis_url: str, topics: Topics) -> Ga
         sse_heartbeat_seconds=0.2,
         projection_ttl_seconds=600,
         instance_id=f"test-{uuid.uuid4().hex[:8]}",
+        api_keys=TEST_API_KEYS,
+        rate_limit_per_second=1000.0,
+        rate_limit_burst=1000,
     )
 
 
@@ -163,7 +166,7 @@ async def _read_stream(
     gateway: Gateway, task_id: str, *, tenant: str = "acme", last_event_id: str | None = None
 ) -> list[dict[str, str]]:
     """Every message of a stream that must end by itself."""
-    headers = {TENANT: tenant}
+    headers = auth(tenant)
     if last_event_id:
         headers["Last-Event-ID"] = last_event_id
     async with (
@@ -195,7 +198,7 @@ async def test_submit_publishes_task_submitted(gateway: Gateway) -> None:
     response = await gateway.client.post(
         "/v1/tasks",
         json={**body, "task_id": task_id, "metadata": {"k": "v"}},
-        headers={TENANT: "acme", "traceparent": f"00-{trace_id}-b7ad6b7169203331-01"},
+        headers={**auth("acme"), "traceparent": f"00-{trace_id}-b7ad6b7169203331-01"},
     )
 
     assert response.status_code == 202, response.text
@@ -236,14 +239,14 @@ async def test_submit_generates_a_task_id(gateway: Gateway) -> None:
     assert response.status_code == 202
     task_id = response.json()["task_id"]
     assert uuid.UUID(task_id)
-    assert (await gateway.status(task_id, tenant="default"))["tenant"] == "default"
+    assert (await gateway.status(task_id))["tenant"] == "acme"  # the key's tenant
 
 
 async def test_duplicate_task_id_is_a_conflict(gateway: Gateway) -> None:
     task_id = await gateway.submit(task_id=_task_id())
 
     again = await gateway.client.post(
-        "/v1/tasks", json={"input": "again", "task_id": task_id}, headers={TENANT: "acme"}
+        "/v1/tasks", json={"input": "again", "task_id": task_id}, headers=auth("acme")
     )
     assert again.status_code == 409
     assert task_id in again.json()["error"]["message"]
@@ -261,7 +264,10 @@ async def test_invalid_requests_are_rejected_and_nothing_is_published(gateway: G
     )
     missing = await post("/v1/tasks", json={"tools": ["calculator"]})
     not_object = await post("/v1/tasks", json=["What is 17 * 23?"])
-    bad_tenant = await post("/v1/tasks", json={"input": "hi"}, headers={TENANT: "acme corp"})
+    unknown_key = await post("/v1/tasks", json={"input": "hi"}, headers=auth("nobody"))
+    async with httpx.AsyncClient(base_url=gateway.client.base_url) as anonymous:
+        no_key = await anonymous.post("/v1/tasks", json={"input": "hi"})
+    roles = await post("/v1/tasks", json={"input": "hi", "roles": ["admin"]})
 
     assert not_json.status_code == 422
     assert not_json.json()["error"]["message"] == "request body is not valid JSON"
@@ -271,8 +277,11 @@ async def test_invalid_requests_are_rejected_and_nothing_is_published(gateway: G
     assert missing.status_code == 422
     assert missing.json()["error"]["details"][0]["field"] == "input"
     assert not_object.status_code == 422
-    assert bad_tenant.status_code == 400
-    assert TENANT in bad_tenant.json()["error"]["message"]
+    assert (unknown_key.status_code, no_key.status_code) == (401, 401)
+    assert no_key.headers["www-authenticate"].startswith("Bearer")
+    assert "missing API key" in no_key.json()["error"]["message"]
+    assert roles.status_code == 422  # roles come from the key, never from the body
+    assert roles.json()["error"]["details"][0]["field"] == "roles"
 
     # A valid submission after them is the only record on the tasks topic.
     task_id = await gateway.submit(task_id=_task_id())
@@ -286,7 +295,7 @@ async def test_results_fold_into_status_and_stream_then_the_stream_ends(gateway:
     task_id = await gateway.submit(task_id=_task_id())
     progress, completed = _progress(task_id), _completed(task_id)
 
-    headers = {TENANT: "acme"}
+    headers = auth("acme")
     async with (
         asyncio.timeout(20),
         gateway.client.stream("GET", f"/v1/tasks/{task_id}/events", headers=headers) as resp,
@@ -348,9 +357,9 @@ async def test_other_tenants_see_nothing(gateway: Gateway) -> None:
         ("GET", f"/v1/tasks/{task_id}/events"),
         ("POST", f"/v1/tasks/{task_id}/cancel"),
     ]:
-        response = await gateway.client.request(method, path, headers={TENANT: "globex"})
+        response = await gateway.client.request(method, path, headers=auth("globex"))
         assert response.status_code == 404, (method, path)
-    unknown = await gateway.client.get(f"/v1/tasks/{_task_id()}", headers={TENANT: "acme"})
+    unknown = await gateway.client.get(f"/v1/tasks/{_task_id()}", headers=auth("acme"))
     assert unknown.status_code == 404
 
     # A result of another tenant's task with the same id never touches this tenant's task.
@@ -369,7 +378,7 @@ async def test_cancel_publishes_cancel_requested(gateway: Gateway) -> None:
     task_id = await gateway.submit(task_id=_task_id())
 
     response = await gateway.client.post(
-        f"/v1/tasks/{task_id}/cancel", json={"reason": "changed my mind"}, headers={TENANT: "acme"}
+        f"/v1/tasks/{task_id}/cancel", json={"reason": "changed my mind"}, headers=auth("acme")
     )
 
     assert response.status_code == 202, response.text
@@ -394,7 +403,7 @@ async def test_cancel_publishes_cancel_requested(gateway: Gateway) -> None:
     await wait_until(is_cancelled, 15, "task cancelled")
     status = await gateway.status(task_id)
     assert status["error"] == {"reason": "cancelled", "message": "changed my mind"}
-    again = await gateway.client.post(f"/v1/tasks/{task_id}/cancel", headers={TENANT: "acme"})
+    again = await gateway.client.post(f"/v1/tasks/{task_id}/cancel", headers=auth("acme"))
     assert again.status_code == 409
     stream = await _read_stream(gateway, task_id)
     assert [m["event"] for m in stream] == ["stepbus.task.cancelled"]
@@ -405,7 +414,7 @@ async def test_a_disconnected_stream_releases_its_subscriber(gateway: Gateway) -
     await wait_until(lambda: _no_streams(gateway), 10, "no streams open before")
 
     async with gateway.client.stream(
-        "GET", f"/v1/tasks/{task_id}/events", headers={TENANT: "acme"}
+        "GET", f"/v1/tasks/{task_id}/events", headers=auth("acme")
     ) as resp:
         assert await anext(_sse(resp)) == {"comment": "keep-alive"}
         assert await gateway.open_streams() == 1

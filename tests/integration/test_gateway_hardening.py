@@ -21,9 +21,8 @@ from stepbus_contracts import Topics
 from stepbus_gateway import GatewaySettings
 from stepbus_runtime import Emit, service_publisher
 
-from ..harness import TopicReader, wait_until
+from ..harness import TopicReader, auth, wait_until
 from .test_gateway import (
-    TENANT,
     Gateway,
     _completed,
     _progress,
@@ -225,7 +224,7 @@ async def test_a_flushed_projection_is_rebuilt_from_kafka_with_two_replicas(
             assert early.status_code == 503 and "rebuilding" in early.text, early.text
             # Straight after the flush, nothing may give the ended task a second life.
             again = await two.client.post(
-                "/v1/tasks", json={"input": "again", "task_id": done}, headers={TENANT: "acme"}
+                "/v1/tasks", json={"input": "again", "task_id": done}, headers=auth("acme")
             )
             assert again.status_code in (409, 503), again.text
             if again.status_code == 503:
@@ -243,14 +242,14 @@ async def test_a_flushed_projection_is_rebuilt_from_kafka_with_two_replicas(
                 assert (ended["status"], ended["output"]) == ("completed", big_output)
                 assert (await gateway.status(running))["status"] == "running"
                 resubmit = await gateway.client.post(
-                    "/v1/tasks", json={"input": "again", "task_id": done}, headers={TENANT: "acme"}
+                    "/v1/tasks", json={"input": "again", "task_id": done}, headers=auth("acme")
                 )
                 assert resubmit.status_code == 409, resubmit.text
-                other = await gateway.client.get(f"/v1/tasks/{done}", headers={TENANT: "globex"})
+                other = await gateway.client.get(f"/v1/tasks/{done}", headers=auth("globex"))
                 assert other.status_code == 404 and big_output not in other.text
 
             # The running task's stream replays its events in the topic's order, then goes live.
-            headers = {TENANT: "acme"}
+            headers = auth("acme")
             end = _completed(running)
             async with (
                 asyncio.timeout(20),
@@ -275,7 +274,7 @@ async def test_an_encoded_slash_in_a_task_id_is_refused_not_routed_elsewhere(
     gateway: Gateway,
 ) -> None:
     task_id = await gateway.submit(task_id=f"pc-{uuid.uuid4().hex[:8]}")
-    headers = {TENANT: "acme"}
+    headers = auth("acme")
 
     for method, path in [
         ("GET", f"/v1/tasks/{task_id}%2Fevents"),
@@ -298,7 +297,7 @@ async def test_an_encoded_slash_in_a_task_id_is_refused_not_routed_elsewhere(
 async def test_every_character_of_the_task_id_rule_works_in_every_route(gateway: Gateway) -> None:
     task_id = f"a.b_c:d@e-{uuid.uuid4().hex[:6]}"
     await gateway.submit(task_id=task_id)
-    headers = {TENANT: "acme"}
+    headers = auth("acme")
 
     assert (await gateway.status(task_id))["task_id"] == task_id
     cancel = await gateway.client.post(f"/v1/tasks/{task_id}/cancel", headers=headers)
@@ -342,7 +341,8 @@ async def _raw(port: int, request: bytes, *, close_after: bool = False) -> bytes
 
 
 def _head(path: str, *lines: str) -> bytes:
-    return "\r\n".join([f"POST {path} HTTP/1.1", "Host: gw", *lines, "", ""]).encode()
+    auth = "Authorization: Bearer test-key-acme-0123456789"
+    return "\r\n".join([f"POST {path} HTTP/1.1", "Host: gw", auth, *lines, "", ""]).encode()
 
 
 async def test_bodies_must_be_plain_json(small_gateway: Gateway) -> None:
@@ -362,7 +362,7 @@ async def test_bodies_must_be_plain_json(small_gateway: Gateway) -> None:
     cancel_text = await post(
         f"/v1/tasks/{task_id}/cancel",
         content=b'{"reason": "x"}',
-        headers={TENANT: "acme", "content-type": "text/plain"},
+        headers={**auth("acme"), "content-type": "text/plain"},
     )
 
     assert text.status_code == 415 and "application/json" in text.json()["error"]["message"]
@@ -370,11 +370,9 @@ async def test_bodies_must_be_plain_json(small_gateway: Gateway) -> None:
     assert utf8.status_code == 202, utf8.text
     assert cancel_text.status_code == 415
     # A cancel without a body needs no Content-Type, with or without a Content-Length.
-    empty = await post(f"/v1/tasks/{task_id}/cancel", headers={TENANT: "acme"})
+    empty = await post(f"/v1/tasks/{task_id}/cancel", headers=auth("acme"))
     assert empty.status_code == 202, empty.text
-    bare = await _raw(
-        small_gateway.port, _head(f"/v1/tasks/{task_id}/cancel", "X-Stepbus-Tenant: acme")
-    )
+    bare = await _raw(small_gateway.port, _head(f"/v1/tasks/{task_id}/cancel"))
     assert bare.startswith(b"HTTP/1.1 202"), bare
 
 

@@ -3,25 +3,74 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import logging
 from collections.abc import AsyncIterator
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from stepbus_runtime import ensure_topics, service_publisher
 
+from .access import AccessLog
+from .auth import KeyRing
+from .errors import GatewayError
 from .fanout import Subscribers
 from .feed import ResultsFeed
 from .projection import TaskProjection
 from .rebuild import ProjectionRebuilder
 from .routes import EXCEPTION_HANDLERS, Services, routes
 from .settings import GatewaySettings
+from .tenants import RateLimiter
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "is_loopback"]
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` serves this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _keys(settings: GatewaySettings) -> KeyRing:
+    """The API keys, or the open development mode: refused on a non-loopback address unless
+    ``STEPBUS_GATEWAY_ALLOW_OPEN=true``.
+
+    Raises:
+        GatewayError: open mode on a non-loopback address, not allowed.
+    """
+    keys = KeyRing.from_settings(
+        settings.api_keys, settings.api_keys_file, reload_seconds=settings.api_keys_reload_seconds
+    )
+    if not keys.open:
+        return keys
+    if not is_loopback(settings.host) and not settings.allow_open:
+        raise GatewayError(
+            f"no API keys configured (STEPBUS_API_KEYS, STEPBUS_API_KEYS_FILE) and the gateway "
+            f"would listen on {settings.host}, which is not loopback: anyone reaching it could "
+            "act as tenant 'default'. Configure keys, bind 127.0.0.1, or set "
+            "STEPBUS_GATEWAY_ALLOW_OPEN=true"
+        )
+    log.warning(
+        "OPEN DEVELOPMENT MODE: no API keys configured; every request acts as tenant %r "
+        "without authentication. Set STEPBUS_API_KEYS or STEPBUS_API_KEYS_FILE for anything "
+        "but local development",
+        settings.default_tenant,
+    )
+    return keys
 
 
 def create_app(settings: GatewaySettings | None = None) -> Starlette:
     """Build the gateway; settings are read from the environment unless given."""
     settings = settings or GatewaySettings()
+    keys = _keys(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
@@ -52,6 +101,13 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
                 redis,
                 namespace=settings.topics.results,
                 ttl_seconds=settings.projection_ttl_seconds,
+                feed_events=settings.tenant_feed_events,
+            )
+            limiter = RateLimiter(
+                redis,
+                namespace=settings.topics.results,
+                rate=settings.rate_limit_per_second,
+                burst=settings.rate_limit_burst,
             )
             rebuilder = ProjectionRebuilder(
                 bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -79,7 +135,27 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
             )
             await feed.start()
             stack.push_async_callback(feed.stop)
-            services = Services(settings, publisher, projection, subscribers, feed, rebuilder)
+            services = Services(
+                settings, publisher, projection, subscribers, feed, rebuilder, keys, limiter
+            )
             yield {"services": services}
 
-    return Starlette(routes=routes(), lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    middleware = [Middleware(AccessLog)]
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=origins,
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+                expose_headers=["Location", "Retry-After", "Idempotent-Replayed"],
+                max_age=600,
+            )
+        )
+    return Starlette(
+        routes=routes(),
+        lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=middleware,
+    )

@@ -14,8 +14,9 @@ class GatewayError(Exception):
 class ApiError(GatewayError):
     """A request the gateway answers with ``status`` and ``{"error": {"message", "details"}}``.
 
-    4xx: the caller must change the request; 503: the caller may retry the same request later,
-    after ``retry_after`` seconds when given (the ``Retry-After`` header).
+    4xx: the caller must change the request; 429 and 503: the caller may retry the same request
+    later, after ``retry_after`` seconds when given (the ``Retry-After`` header); a 401 with
+    ``challenge`` names the scheme (``WWW-Authenticate: Bearer``).
     """
 
     def __init__(
@@ -25,12 +26,14 @@ class ApiError(GatewayError):
         details: list[dict[str, Any]] | None = None,
         *,
         retry_after: int | None = None,
+        challenge: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.details = details
         self.retry_after = retry_after
+        self.challenge = challenge
 
     def body(self) -> dict[str, Any]:
         """The JSON error body."""
@@ -41,7 +44,10 @@ class ApiError(GatewayError):
 
     def headers(self) -> dict[str, str]:
         """The response headers the error needs."""
-        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        headers = {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        if self.challenge:
+            headers["WWW-Authenticate"] = 'Bearer realm="stepbus"'
+        return headers
 
 
 class ClientGone(GatewayError):

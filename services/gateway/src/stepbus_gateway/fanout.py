@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 class Subscription:
     """The live events of one task for one SSE connection; ``None`` in the queue ends it."""
 
-    def __init__(self, tenant: str, task_id: str, limit: int) -> None:
+    def __init__(self, tenant: str, task_id: str | None, limit: int) -> None:
         self.key = (tenant, task_id)
         self.queue: asyncio.Queue[ResultEvent | None] = asyncio.Queue()
         self.closed = False
@@ -41,18 +41,19 @@ class Subscription:
 
 
 class Subscribers:
-    """In-memory fan-out to SSE connections, keyed by (tenant, task id)."""
+    """In-memory fan-out to SSE connections, keyed by (tenant, task id or None for all)."""
 
     def __init__(self, queue_limit: int = 1000) -> None:
-        self._by_key: dict[tuple[str, str], set[Subscription]] = {}
+        self._by_key: dict[tuple[str, str | None], set[Subscription]] = {}
         self._queue_limit = queue_limit
 
     def __len__(self) -> int:
         return sum(len(subs) for subs in self._by_key.values())
 
     @contextlib.contextmanager
-    def subscribe(self, tenant: str, task_id: str) -> Iterator[Subscription]:
-        """Receive the live events of a task until the block exits."""
+    def subscribe(self, tenant: str, task_id: str | None) -> Iterator[Subscription]:
+        """Receive the live events of a task (``None``: of every task of the tenant) until the
+        block exits."""
         sub = Subscription(tenant, task_id, self._queue_limit)
         self._by_key.setdefault(sub.key, set()).add(sub)
         try:
@@ -66,8 +67,9 @@ class Subscribers:
 
     def publish(self, event: ResultEvent) -> None:
         """Deliver an event to the subscribers of its task within its tenant."""
-        for sub in tuple(self._by_key.get((event.tenant, event.subject), ())):
-            sub.deliver(event)
+        for key in ((event.tenant, event.subject), (event.tenant, None)):
+            for sub in tuple(self._by_key.get(key, ())):
+                sub.deliver(event)
 
     def close_all(self) -> None:
         """End every stream (on shutdown)."""

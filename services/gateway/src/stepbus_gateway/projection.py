@@ -9,6 +9,13 @@ different topic prefixes can share a Redis; per tenant and task::
     stepbus:gw:{ns}:{tenant}:{<task id>}:events   sorted set: event JSON scored by its offset
     stepbus:gw:{ns}:{tenant}:{<task id>}:seen     set: ids of events already applied
     stepbus:gw:{ns}:generation                    hash: epoch, state (rebuilding | ready), since
+    stepbus:gw:{ns}:{tenant}:tasks                sorted set: task ids by last update (epoch s)
+    stepbus:gw:{ns}:{tenant}:approvals            hash: approval id -> the waiting approval's
+                                                  event JSON (removed when it is resolved)
+
+The two tenant indexes are written beside the task's script, not in it (they live in other
+Redis Cluster slots); they are rebuilt with the rest, and a reader checks each entry against
+the task's own hash, which is the truth of the projection.
 
 The task id sits in braces: braces cannot occur in a task id, so ``a:events`` cannot collide
 with the events of task ``a``, and the braces make it the Redis Cluster hash tag, so the three
@@ -52,6 +59,8 @@ from stepbus_contracts import (
     TaskProgress,
     utcnow,
 )
+
+from .tenants import TenantFeed
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -244,11 +253,21 @@ class TaskProjection:
         namespace: Names the projection in Redis: the results topic it folds.
         ttl_seconds: Every key of a task expires this long after the task's last write.
         max_events: Most events kept per task; the oldest (by offset) are trimmed.
+        feed_events: Most events kept in each tenant's feed (``GET /v1/events``).
     """
 
     def __init__(
-        self, redis: Redis, *, namespace: str, ttl_seconds: int, max_events: int = 2000
+        self,
+        redis: Redis,
+        *,
+        namespace: str,
+        ttl_seconds: int,
+        max_events: int = 2000,
+        feed_events: int = 10_000,
     ) -> None:
+        self.feed = TenantFeed(
+            redis, namespace=namespace, max_events=feed_events, ttl_seconds=ttl_seconds
+        )
         self._redis = redis
         self._ns = namespace
         self._ttl = ttl_seconds
@@ -265,13 +284,80 @@ class TaskProjection:
         base = f"stepbus:gw:{self._ns}:{tenant}:{{{task_id}}}"
         return base, f"{base}:events", f"{base}:seen"
 
-    async def create(self, tenant: str, task_id: str) -> bool:
-        """Record a newly submitted task; ``False`` when the tenant already has this task id."""
-        now = utcnow().isoformat()
-        fields = {"task_id": task_id, "tenant": tenant, "status": "submitted", "updated_at": now}
+    def tenant_keys(self, tenant: str) -> tuple[str, str]:
+        """The task index and the waiting approvals of a tenant."""
+        base = f"stepbus:gw:{self._ns}:{tenant}"
+        return f"{base}:tasks", f"{base}:approvals"
+
+    async def create(self, tenant: str, task_id: str, *, fingerprint: str = "") -> bool:
+        """Record a newly submitted task; ``False`` when the tenant already has this task id.
+
+        ``fingerprint`` identifies the request (an idempotent retry must repeat it exactly)."""
+        now = utcnow()
+        fields = {
+            "task_id": task_id,
+            "tenant": tenant,
+            "status": "submitted",
+            "updated_at": now.isoformat(),
+            "request": fingerprint,
+        }
         hash_key = self.keys(tenant, task_id)[0]
         created = await self._create(keys=[hash_key], args=[self._ttl, *_flatten(fields)])
+        if created:
+            index = self.tenant_keys(tenant)[0]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(index, {task_id: now.timestamp()})
+                pipe.expire(index, self._ttl)
+                await pipe.execute()
         return bool(created)
+
+    async def _index(self, pipe: Any, event: ResultEvent) -> None:
+        """Queue the tenant-index writes of an applied event on ``pipe``: its task's place in
+        the tenant's list, the tenant's waiting approvals, and the tenant's feed."""
+        await self.feed.append(event.tenant, event.model_dump_json(), client=pipe)
+        tasks, approvals = self.tenant_keys(event.tenant)
+        pipe.zadd(tasks, {event.subject: event.time.timestamp()}, gt=True)
+        pipe.expire(tasks, self._ttl)
+        if isinstance(event, ApprovalRequested):
+            pipe.hset(approvals, event.data.approval_id, event.model_dump_json())
+            pipe.expire(approvals, self._ttl)
+        elif isinstance(event, ApprovalResolved):
+            pipe.hdel(approvals, event.data.approval_id)
+
+    async def recent(
+        self, tenant: str, *, before: float | None = None, limit: int = 50
+    ) -> list[tuple[TaskView, float]]:
+        """The tenant's tasks, most recently updated first (before ``before``, a score of an
+        earlier page), with their scores (the next page's cursor)."""
+        index = self.tenant_keys(tenant)[0]
+        top = f"({before}" if before is not None else "+inf"
+        entries = await self._redis.zrevrangebyscore(
+            index, top, "-inf", start=0, num=limit, withscores=True
+        )
+        if not entries:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for task_id, _ in entries:
+                pipe.hgetall(self.keys(tenant, task_id)[0])
+            hashes = await pipe.execute()
+        return [
+            (TaskView.from_hash(fields), score)
+            for (_, score), fields in zip(entries, hashes, strict=True)
+            if fields
+        ]
+
+    async def waiting_approvals(self, tenant: str) -> list[dict[str, Any]]:
+        """The tenant's approvals still waiting (``stepbus.approval.requested`` events as
+        JSON), of tasks that have not ended, oldest first."""
+        approvals = self.tenant_keys(tenant)[1]
+        raw = cast(dict[str, str], await self._redis.hgetall(approvals))
+        events = sorted((json.loads(value) for value in raw.values()), key=lambda e: e["time"])
+        waiting = []
+        for event in events:
+            view = await self.get(tenant, event["subject"])
+            if view is not None and not view.terminal:
+                waiting.append(event)
+        return waiting
 
     async def discard(self, tenant: str, task_id: str) -> None:
         """Forget a task whose submission was not published, so the client may retry it."""
@@ -288,7 +374,12 @@ class TaskProjection:
         Returns ``False`` when the event was applied before (by id).
         """
         keys, args = self._apply_args(event, offset)
-        return bool(await self._apply(keys=keys, args=args))
+        applied = bool(await self._apply(keys=keys, args=args))
+        if applied:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                await self._index(pipe, event)
+                await pipe.execute()
+        return applied
 
     async def apply_many(self, events: Sequence[tuple[ResultEvent, int]]) -> int:
         """``apply`` each (event, offset) in one round trip; how many were new."""
@@ -299,7 +390,18 @@ class TaskProjection:
                 keys, args = self._apply_args(event, offset)
                 await self._apply(keys=keys, args=args, client=pipe)
             applied = await pipe.execute()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for (event, _), new in zip(events, applied, strict=True):
+                if new:
+                    await self._index(pipe, event)
+            await pipe.execute()
         return sum(1 for new in applied if new)
+
+    async def fingerprint(self, tenant: str, task_id: str) -> str | None:
+        """The fingerprint of the request that created the task here (None when unknown, e.g.
+        after a rebuild from the topic)."""
+        value = await self._redis.hget(self.keys(tenant, task_id)[0], "request")
+        return str(value) if value else None
 
     async def get(self, tenant: str, task_id: str) -> TaskView | None:
         """The task's status, or ``None`` when this tenant has no such task."""

@@ -8,11 +8,14 @@ and an encoded one (``%2F``) is refused, so ``/v1/tasks/<id>``, ``/v1/tasks/<id>
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast, get_args
 from urllib.parse import quote
 from uuid import uuid4
 
@@ -26,7 +29,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from stepbus_contracts import (
+    ApprovalDecided,
+    ApprovalDecidedData,
     CloudEvent,
+    MemoryDocumentAdded,
+    MemoryDocumentAddedData,
+    MemoryForgetRequested,
+    MemoryForgetRequestedData,
     TaskCancelRequested,
     TaskCancelRequestedData,
     TaskSubmitted,
@@ -35,25 +44,27 @@ from stepbus_contracts import (
 )
 from stepbus_runtime import Emit, EventPublisher, clip
 
+from .auth import KeyRing, Principal
 from .bodies import read_json_body
 from .errors import ApiError, ClientGone
 from .fanout import Subscribers
 from .feed import ResultsFeed
-from .projection import TaskProjection, TaskView
+from .openapi import document
+from .projection import TaskProjection, TaskStatus, TaskView
 from .rebuild import ProjectionRebuilder
-from .settings import TENANT_PATTERN, GatewaySettings
-from .sse import task_event_stream
+from .settings import GatewaySettings
+from .sse import task_event_stream, tenant_event_stream
+from .tenants import RateLimiter
 
-__all__ = ["EXCEPTION_HANDLERS", "SOURCE", "TENANT_HEADER", "Services", "TaskId", "routes"]
+__all__ = ["EXCEPTION_HANDLERS", "OPEN_KEY_ID", "SOURCE", "Services", "TaskId", "routes"]
 
 log = logging.getLogger(__name__)
 
 SOURCE = "urn:stepbus:gateway"
-TENANT_HEADER = "X-Stepbus-Tenant"
 RETRY_AFTER_SECONDS = 2
 """What a 503 asks the client to wait before retrying."""
 
-_TENANT = re.compile(TENANT_PATTERN)
+_IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,256}")
 _tracer = trace.get_tracer("stepbus.gateway")
 _MAX_DETAILS = 20
 
@@ -81,6 +92,8 @@ class Services:
     subscribers: Subscribers
     feed: ResultsFeed
     rebuilder: ProjectionRebuilder
+    keys: KeyRing
+    limiter: RateLimiter
 
 
 class SubmitTaskRequest(TaskSubmittedData):
@@ -106,15 +119,45 @@ def _services(request: Request) -> Services:
     return services
 
 
-def _tenant(request: Request) -> str:
-    tenant = request.headers.get(TENANT_HEADER)
-    if tenant is None:
-        return _services(request).settings.default_tenant
-    if not _TENANT.fullmatch(tenant):
+OPEN_KEY_ID = "open"
+"""The key id of requests in open development mode (no API keys configured)."""
+
+
+async def _principal(request: Request) -> Principal:
+    """Who is asking: the principal of the request's API key (401 without a known one), or the
+    open development mode's (tenant ``default``, no roles). Rate-limited per key (429)."""
+    cached = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cast(Principal, cached)
+    services = _services(request)
+    keys = services.keys
+    keys.reload_if_changed()
+    if keys.open:
+        principal = Principal(services.settings.default_tenant, frozenset(), OPEN_KEY_ID)
+    else:
+        found = keys.authenticate(request.headers.get("authorization"))
+        if found is None:
+            given = "authorization" in request.headers
+            raise ApiError(
+                401,
+                "unknown API key" if given else "missing API key: send Authorization: Bearer <key>",
+                challenge=True,
+            )
+        principal = found
+    wait = await services.limiter.take(principal.key_id)
+    if wait > 0:
         raise ApiError(
-            400, f"{TENANT_HEADER} must be 1-128 characters of A-Z, a-z, 0-9, '.', '_' or '-'"
+            429,
+            f"rate limit of {services.settings.rate_limit_per_second:g} requests/s for this key "
+            "exceeded; retry later",
+            retry_after=max(1, math.ceil(wait)),
         )
-    return tenant
+    request.state.principal = principal
+    return principal
+
+
+async def _tenant(request: Request) -> str:
+    return (await _principal(request)).tenant
 
 
 def path_task_id(scope: Mapping[str, Any], task_id: str) -> str:
@@ -209,23 +252,48 @@ def _urls(task_id: str) -> tuple[str, str]:
 async def submit_task(request: Request) -> Response:
     """Accept a task: record it as submitted, publish ``TaskSubmitted``, answer 202.
 
-    503 while the projection is being rebuilt: it cannot tell yet whether the task id exists.
+    The tenant and roles come from the API key. With an ``Idempotency-Key`` the task id is
+    derived from it (unless the body names one), so a retried submit, to any replica and after
+    any restart, answers with the same task instead of starting another. 503 while the
+    projection is being rebuilt: it cannot tell yet whether the task id exists.
     """
     services = _services(request)
-    tenant = _tenant(request)
-    body = _parse(SubmitTaskRequest, await _body(request))
+    principal = await _principal(request)
+    tenant = principal.tenant
+    raw = await _body(request)
+    body = _parse(SubmitTaskRequest, raw)
+    if "roles" in body.model_fields_set:
+        raise ApiError(
+            422,
+            "request body is invalid (1 problem(s); see details)",
+            [{"field": "roles", "message": "roles come from the API key", "type": "forbidden"}],
+        )
+    idempotency = _idempotency_key(request)
     task_id = body.task_id
+    if idempotency is not None and "task_id" not in body.model_fields_set:
+        task_id = derive_id(tenant, "idempotency", idempotency)
     if not await _projection_whole(services):
         raise _rebuilding("whether this task id is taken is not known yet")
-    if not await services.projection.create(tenant, task_id):
-        raise ApiError(409, f"task {task_id!r} already exists; submit with another task_id")
+    fingerprint = hashlib.sha256(raw).hexdigest()
+    if not await services.projection.create(tenant, task_id, fingerprint=fingerprint):
+        if idempotency is None:
+            raise ApiError(409, f"task {task_id!r} already exists; submit with another task_id")
+        known = await services.projection.fingerprint(tenant, task_id)
+        if known is not None and known != fingerprint:
+            raise ApiError(
+                422, "this Idempotency-Key was used for a different request; use a new key"
+            )
+        view = await _view(services, tenant, task_id)
+        return _accepted(task_id, view.status, replayed=True)
+    data = body.model_dump(exclude={"task_id"})
+    data["roles"] = sorted(principal.roles)
     event = TaskSubmitted(
         # Derived from the task, so a retried submit is a duplicate the planner drops.
         id=derive_id(f"{tenant}/{task_id}", "submitted"),
         source=SOURCE,
         subject=task_id,
         tenant=tenant,
-        data=TaskSubmittedData.model_validate(body.model_dump(exclude={"task_id"})),
+        data=TaskSubmittedData.model_validate(data),
     )
     with _tracer.start_as_current_span(
         "submit task",
@@ -238,23 +306,40 @@ async def submit_task(request: Request) -> Response:
         except ApiError:
             await services.projection.discard(tenant, task_id)
             raise
+    return _accepted(task_id, "submitted")
+
+
+def _accepted(task_id: str, status: str, *, replayed: bool = False) -> JSONResponse:
     status_url, events_url = _urls(task_id)
+    headers = {"Location": status_url}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
     return JSONResponse(
         {
             "task_id": task_id,
-            "status": "submitted",
+            "status": status,
             "status_url": status_url,
             "events_url": events_url,
         },
         status_code=202,
-        headers={"Location": status_url},
+        headers=headers,
     )
+
+
+def _idempotency_key(request: Request) -> str | None:
+    values = request.headers.getlist("idempotency-key")
+    if not values:
+        return None
+    value = values[0].strip()
+    if len(values) != 1 or not _IDEMPOTENCY_KEY.fullmatch(value):
+        raise ApiError(400, "Idempotency-Key must be one value of 1-256 printable characters")
+    return value
 
 
 async def get_task(request: Request) -> Response:
     """The task's status and result."""
     services = _services(request)
-    tenant, task_id = _tenant(request), _task_id(request)
+    tenant, task_id = await _tenant(request), _task_id(request)
     view = await _view(services, tenant, task_id)
     return JSONResponse(view.to_json())
 
@@ -265,7 +350,7 @@ async def stream_task_events(request: Request) -> Response:
     503 while the projection is being rebuilt: the replay would miss events not back yet.
     """
     services = _services(request)
-    tenant, task_id = _tenant(request), _task_id(request)
+    tenant, task_id = await _tenant(request), _task_id(request)
     if not await _projection_whole(services):
         raise _rebuilding(f"the events of task {task_id!r} may not all be back yet")
     await _view(services, tenant, task_id)
@@ -288,7 +373,7 @@ async def stream_task_events(request: Request) -> Response:
 async def cancel_task(request: Request) -> Response:
     """Ask the planner to stop the task; it ends with ``stepbus.task.cancelled``."""
     services = _services(request)
-    tenant, task_id = _tenant(request), _task_id(request)
+    tenant, task_id = await _tenant(request), _task_id(request)
     body = _parse(CancelTaskRequest, await _body(request))
     view = await _view(services, tenant, task_id)
     if view.terminal:
@@ -305,6 +390,178 @@ async def cancel_task(request: Request) -> Response:
         {"task_id": task_id, "status": view.status, "cancel_requested": True},
         status_code=202,
         headers={"Location": status_url},
+    )
+
+
+async def list_tasks(request: Request) -> Response:
+    """The tenant's tasks, most recently updated first: ``?status=`` (repeatable) filters,
+    ``?limit=`` (1-200, default 50) pages, ``?cursor=`` continues from ``next_cursor``."""
+    services = _services(request)
+    tenant = await _tenant(request)
+    params = request.query_params
+    statuses = set(params.getlist("status"))
+    unknown = statuses - set(get_args(TaskStatus))
+    if unknown:
+        raise ApiError(
+            400, f"unknown status {sorted(unknown)}; one of {list(get_args(TaskStatus))}"
+        )
+    limit = _int_param(params.get("limit"), "limit", 1, 200, default=50)
+    before = None
+    if (cursor := params.get("cursor")) is not None:
+        try:
+            before = float(base64.urlsafe_b64decode(cursor.encode()).decode())
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "cursor is not one this gateway gave; start without one") from None
+    tasks: list[dict[str, Any]] = []
+    next_cursor = None
+    while len(tasks) < limit:
+        page = await services.projection.recent(tenant, before=before, limit=limit)
+        if not page:
+            break
+        for view, score in page:
+            before = score
+            if not statuses or view.status in statuses:
+                tasks.append(view.to_json())
+                if len(tasks) == limit:
+                    break
+        if len(page) < limit:
+            break
+    if len(tasks) == limit and before is not None:
+        next_cursor = base64.urlsafe_b64encode(repr(before).encode()).decode()
+    return JSONResponse({"tasks": tasks, "next_cursor": next_cursor})
+
+
+def _int_param(value: str | None, name: str, low: int, high: int, *, default: int) -> int:
+    if value is None:
+        return default
+    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
+        raise ApiError(400, f"{name} must be an integer from {low} to {high}")
+    return int(value)
+
+
+class DecideApprovalRequest(BaseModel):
+    """Body of ``POST /v1/tasks/{id}/approvals/{approval_id}``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    decision: Literal["approve", "deny"] = Field(description="`approve` or `deny`.")
+    reason: str = Field(default="", max_length=2_000, description="Why, for the audit trail.")
+
+
+async def list_approvals(request: Request) -> Response:
+    """The tenant's approvals still waiting for a decision, oldest first."""
+    services = _services(request)
+    tenant = await _tenant(request)
+    waiting = await services.projection.waiting_approvals(tenant)
+    return JSONResponse(
+        {"approvals": [{"task_id": event["subject"], **event["data"]} for event in waiting]}
+    )
+
+
+async def decide_approval(request: Request) -> Response:
+    """Approve or deny a waiting approval: publishes ``stepbus.approval.decided``. The key must
+    carry a role the approval names (403), in open development mode anyone may decide."""
+    services = _services(request)
+    principal = await _principal(request)
+    task_id = _task_id(request)
+    approval_id = request.path_params["approval_id"]
+    body = _parse(DecideApprovalRequest, await _body(request))
+    waiting = {
+        (e["subject"], e["data"]["approval_id"]): e["data"]
+        for e in await services.projection.waiting_approvals(principal.tenant)
+    }
+    approval = waiting.get((task_id, approval_id))
+    if approval is None:
+        raise ApiError(404, f"no approval {clip(approval_id, 80)!r} waits for task {task_id!r}")
+    approvers = set(approval.get("approvers") or ())
+    if approvers and principal.key_id != OPEN_KEY_ID and not approvers & principal.roles:
+        raise ApiError(
+            403, f"this approval needs one of the roles {sorted(approvers)}; this key has none"
+        )
+    event = ApprovalDecided(
+        id=derive_id(principal.tenant, task_id, approval_id, "decided", principal.key_id),
+        source=SOURCE,
+        subject=task_id,
+        tenant=principal.tenant,
+        data=ApprovalDecidedData(
+            approval_id=approval_id, decision=body.decision, by=principal.key_id,
+            reason=body.reason,
+        ),
+    )  # fmt: skip
+    await _publish(services, event)
+    status_url, _ = _urls(task_id)
+    return JSONResponse(
+        {"task_id": task_id, "approval_id": approval_id, "decision": body.decision},
+        status_code=202,
+        headers={"Location": status_url},
+    )
+
+
+async def forget_session(request: Request) -> Response:
+    """Forget a session's memory (short- and long-term): publishes
+    ``stepbus.memory.forget_requested``."""
+    services = _services(request)
+    tenant = await _tenant(request)
+    session_id = request.path_params["session_id"]
+    try:
+        data = MemoryForgetRequestedData(scope="session", session_id=session_id)
+    except ValidationError:
+        raise ApiError(400, "a session id is 1-256 characters") from None
+    event = MemoryForgetRequested(
+        id=str(uuid4()), source=SOURCE, subject=f"forget-{uuid4()}", tenant=tenant, data=data
+    )
+    await _publish(services, event)
+    return JSONResponse({"session_id": session_id, "forget_requested": True}, status_code=202)
+
+
+class AddDocumentRequest(MemoryDocumentAddedData):
+    """Body of ``POST /v1/memory/documents``: the document, and optionally its id."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    document_id: TaskId = Field(
+        default_factory=lambda: str(uuid4()),
+        description="Document id (the same id again adds nothing); a new UUID when omitted.",
+    )
+
+
+async def add_document(request: Request) -> Response:
+    """Add a document to the tenant's long-term memory: publishes
+    ``stepbus.memory.document_added``."""
+    services = _services(request)
+    tenant = await _tenant(request)
+    body = _parse(AddDocumentRequest, await _body(request))
+    event = MemoryDocumentAdded(
+        id=derive_id(tenant, "document", body.document_id),
+        source=SOURCE,
+        subject=body.document_id,
+        tenant=tenant,
+        data=MemoryDocumentAddedData.model_validate(body.model_dump(exclude={"document_id"})),
+    )
+    await _publish(services, event)
+    return JSONResponse({"document_id": body.document_id, "added": True}, status_code=202)
+
+
+async def stream_tenant_events(request: Request) -> Response:
+    """Every event of the tenant's tasks as SSE, from ``Last-Event-ID`` on (a position the
+    stream gave), or from now without one. Never ends by itself."""
+    services = _services(request)
+    tenant = await _tenant(request)
+    last = request.headers.get("Last-Event-ID")
+    if last is not None and not (last.isascii() and last.isdigit()):
+        raise ApiError(400, "Last-Event-ID of the tenant stream is a position it gave")
+    stream = tenant_event_stream(
+        request=request,
+        feed=services.projection.feed,
+        subscribers=services.subscribers,
+        tenant=tenant,
+        after=int(last) if last is not None else None,
+        heartbeat_seconds=services.settings.sse_heartbeat_seconds,
+    )
+    return StreamingResponse(
+        stream,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
@@ -330,6 +587,11 @@ async def readyz(request: Request) -> Response:
     if problems:
         return PlainTextResponse("".join(f"{line}\n" for line in problems), status_code=503)
     return PlainTextResponse("ready\n")
+
+
+async def openapi(request: Request) -> Response:
+    """The OpenAPI document (no key needed)."""
+    return JSONResponse(document())
 
 
 async def metrics(request: Request) -> Response:
@@ -369,12 +631,19 @@ def routes() -> list[Route]:
     """The gateway's routes (task ids are single path segments: see the module)."""
     return [
         Route("/v1/tasks", submit_task, methods=["POST"]),
+        Route("/v1/tasks", list_tasks, methods=["GET"]),
+        Route("/v1/events", stream_tenant_events, methods=["GET"]),
+        Route("/v1/approvals", list_approvals, methods=["GET"]),
+        Route("/v1/tasks/{task_id}/approvals/{approval_id}", decide_approval, methods=["POST"]),
+        Route("/v1/sessions/{session_id}", forget_session, methods=["DELETE"]),
+        Route("/v1/memory/documents", add_document, methods=["POST"]),
         Route("/v1/tasks/{task_id}/events", stream_task_events, methods=["GET"]),
         Route("/v1/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
         Route("/v1/tasks/{task_id}", get_task, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
 
 

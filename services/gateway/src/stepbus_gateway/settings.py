@@ -34,10 +34,41 @@ class GatewaySettings(ServiceSettings):
         validation_alias=AliasChoices("REDIS_URL", "STEPBUS_GATEWAY_REDIS_URL"),
         description="Redis holding the task projection (a cache: rebuilt from `results`).",
     )
+    api_keys: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("STEPBUS_API_KEYS", "api_keys"),
+        description="API keys for local use: `key1:tenant-a,key2:tenant-b:role1+role2`.",
+    )
+    api_keys_file: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("STEPBUS_API_KEYS_FILE", "api_keys_file"),
+        description="A mounted secret of salted key hashes (JSON), reloaded when it changes.",
+    )
+    api_keys_reload_seconds: float = Field(
+        default=5.0, gt=0, description="How often the keys file is checked for a change."
+    )
+    allow_open: bool = Field(
+        default=False,
+        description="Serve without API keys (open development mode, tenant `default`) on an "
+        "address that is not loopback.",
+    )
     default_tenant: str = Field(
         default="default",
         pattern=TENANT_PATTERN,
-        description="Tenant of requests without an `X-Stepbus-Tenant` header.",
+        description="The tenant of every request in open development mode (no keys).",
+    )
+    rate_limit_per_second: float = Field(
+        default=50.0, gt=0, description="Requests per second per API key (429 above it)."
+    )
+    rate_limit_burst: int = Field(
+        default=100, ge=1, description="Requests an API key may send at once before limiting."
+    )
+    cors_origins: str = Field(
+        default="",
+        description="Comma-separated origins allowed by CORS (`*` for any); empty: no CORS.",
+    )
+    tenant_feed_events: int = Field(
+        default=10_000, ge=100, description="Events kept per tenant for `GET /v1/events`."
     )
     sse_heartbeat_seconds: float = Field(
         default=15.0, gt=0, description="Seconds between `: keep-alive` comments on SSE streams."

@@ -10,8 +10,9 @@ from starlette.requests import Request
 
 from .fanout import Subscribers, Subscription
 from .projection import TERMINAL_TYPES, TaskProjection, event_id_and_type
+from .tenants import TenantFeed
 
-__all__ = ["KEEP_ALIVE", "frame", "task_event_stream"]
+__all__ = ["KEEP_ALIVE", "frame", "task_event_stream", "tenant_event_stream"]
 
 KEEP_ALIVE = b": keep-alive\n\n"
 
@@ -86,6 +87,50 @@ async def task_event_stream(
                 yield frame(event.id, event.type, event.model_dump_json())
                 if event.type in TERMINAL_TYPES:
                     return
+        finally:
+            OPEN_STREAMS.dec()
+            watcher.cancel()
+
+
+TENANT_POLL_SECONDS = 1.0
+"""How often a tenant stream reads its feed without a wake-up (another replica may have applied
+an event this one only fans out)."""
+
+
+async def tenant_event_stream(
+    *,
+    request: Request,
+    feed: TenantFeed,
+    subscribers: Subscribers,
+    tenant: str,
+    after: int | None,
+    heartbeat_seconds: float,
+) -> AsyncIterator[bytes]:
+    """Yield the tenant's events as SSE frames whose ids are feed positions: from ``after`` on
+    (exclusive), or from now. Live events only wake the stream; what it sends is read from the
+    feed in position order, so every event goes out once, in one order for every replica."""
+    with subscribers.subscribe(tenant, None) as sub:
+        watcher = asyncio.create_task(_close_on_disconnect(request, sub))
+        OPEN_STREAMS.inc()
+        try:
+            position = after if after is not None else await feed.last(tenant)
+            quiet = 0.0
+            while not sub.closed:
+                entries = await feed.after(tenant, position)
+                for position, raw in entries:
+                    yield frame(str(position), event_id_and_type(raw)[1], raw)
+                if entries:
+                    quiet = 0.0
+                    continue  # maybe more than one batch
+                if quiet >= heartbeat_seconds:
+                    yield KEEP_ALIVE
+                    quiet = 0.0
+                try:
+                    await asyncio.wait_for(sub.queue.get(), TENANT_POLL_SECONDS)
+                except TimeoutError:
+                    quiet += TENANT_POLL_SECONDS
+                while not sub.queue.empty():  # one read serves every wake-up queued
+                    sub.queue.get_nowait()
         finally:
             OPEN_STREAMS.dec()
             watcher.cancel()

@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
     args = parser.parse_args(argv)
     session = f"demo-{uuid.uuid4().hex[:8]}"
-    with httpx.Client(base_url=args.gateway, timeout=args.timeout) as client:
+    key = os.environ.get("STEPBUS_API_KEY")  # a key of the gateway's; none in open mode
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with httpx.Client(base_url=args.gateway, timeout=args.timeout, headers=headers) as client:
         for text in (args.input, args.follow_up):
             terminal = run_task(client, text, session)
             if terminal is None or not _report(terminal):
