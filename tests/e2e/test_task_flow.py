@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -185,3 +187,50 @@ async def test_a_persistent_llm_error_fails_the_task_with_llm_error(stack: Stack
     assert end["type"] == "stepbus.task.failed"
     assert end["data"]["reason"] == "llm_error"
     assert "400" in end["data"]["message"]
+
+
+async def _messages(stream: httpx.Response) -> AsyncIterator[dict[str, str]]:
+    """The SSE messages of a stream (comments skipped)."""
+    message: dict[str, str] = {}
+    async for line in stream.aiter_lines():
+        if line == "":
+            if message:
+                yield message
+            message = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            message[name] = value.removeprefix(" ")
+
+
+async def test_a_stream_resumed_after_a_gateway_sigkill_gets_each_later_event_once(
+    stack: Stack,
+) -> None:
+    assert stack.gateway_url is not None
+    headers = auth("acme")
+    # Slow model steps: the task is still running while the gateway is killed.
+    body = {"input": "Compute 1+2, then 3+4, then 5+6 [latency=700]", "tools": ["calculator"]}
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
+        task = (await client.post("/v1/tasks", json=body, headers=headers)).json()
+        first: list[dict[str, str]] = []
+        async with client.stream("GET", task["events_url"], headers=headers) as stream:
+            async for message in _messages(stream):
+                first.append(message)
+                if len(first) == 3:
+                    break
+    gateway = stack.services["gateway"]
+    gateway.stop(signal.SIGKILL)
+    gateway.start()
+    await gateway.wait_ready()
+    rest: list[dict[str, str]] = []
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
+        resume = {**headers, "Last-Event-ID": first[-1]["id"]}
+        async with client.stream("GET", task["events_url"], headers=resume) as stream:
+            assert stream.status_code == 200
+            rest = [message async for message in _messages(stream)]
+    async with TopicReader(stack.bootstrap, stack.topics.results) as results:
+        await results.wait_for(lambda ev: terminals(ev, task["task_id"]), 30, "the result")
+        published = [e["id"] for e in results.events() if e["subject"] == task["task_id"]]
+    received = [m["id"] for m in first + rest]
+    assert len(received) == len(set(received))  # nothing twice
+    assert received == list(dict.fromkeys(published))  # everything, once, in order
+    assert rest[-1]["event"] == "stepbus.task.completed"

@@ -135,7 +135,12 @@ async def _principal(request: Request) -> Principal:
     if keys.open:
         principal = Principal(services.settings.default_tenant, frozenset(), OPEN_KEY_ID)
     else:
-        found = keys.authenticate(request.headers.get("authorization"))
+        header = request.headers.get("authorization")
+        # A slow (scrypt) hash of a key not seen yet would block the event loop: off it.
+        if keys.has_slow_hashes:
+            found = await asyncio.to_thread(keys.authenticate, header)
+        else:
+            found = keys.authenticate(header)
         if found is None:
             given = "authorization" in request.headers
             raise ApiError(
