@@ -314,7 +314,7 @@ def document() -> dict[str, Any]:
                         "name": "approval_id",
                         "in": "path",
                         "required": True,
-                        "schema": {"type": "string", "maxLength": 256},
+                        "schema": {"type": "string", "maxLength": 256, "pattern": "^[^/]+$"},
                     },
                 ],
                 "requestBody": _body(
@@ -350,12 +350,12 @@ def document() -> dict[str, Any]:
                         "name": "session_id",
                         "in": "path",
                         "required": True,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+                        "schema": {"type": "string", "maxLength": 256, "pattern": "^[^/]+$"},
                     },
                 ],
                 "responses": {
                     **_json(202, "ForgetAccepted", "The forget request was published."),
-                    **_errors(*_COMMON),
+                    **_errors(*_COMMON, 404),
                 },
             }
         },
