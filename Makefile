@@ -61,6 +61,7 @@ bench: up
 	$(PY) -m stepbus_devtools.memory_bench $(MEMORY_BENCH_ARGS)
 	$(PY) -m stepbus_devtools.mcp_bench
 	$(PY) -m stepbus_devtools.policy_bench
+	$(PY) -m stepbus_devtools.gateway_bench
 
 chaos: up
 	$(PY) -m stepbus_devtools.chaos $(CHAOS_ARGS)

@@ -20,6 +20,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep the logging setup_telemetry configured
+        access_log=False,  # the gateway writes its own (access.py): one line, no secrets
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
     )
 

@@ -104,10 +104,7 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
                 feed_events=settings.tenant_feed_events,
             )
             limiter = RateLimiter(
-                redis,
-                namespace=settings.topics.results,
-                rate=settings.rate_limit_per_second,
-                burst=settings.rate_limit_burst,
+                rate=settings.rate_limit_per_second, burst=settings.rate_limit_burst
             )
             rebuilder = ProjectionRebuilder(
                 bootstrap_servers=settings.kafka_bootstrap_servers,

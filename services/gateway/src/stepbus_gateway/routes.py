@@ -149,7 +149,7 @@ async def _principal(request: Request) -> Principal:
                 challenge=True,
             )
         principal = found
-    wait = await services.limiter.take(principal.key_id)
+    wait = services.limiter.take(principal.key_id)
     if wait > 0:
         raise ApiError(
             429,

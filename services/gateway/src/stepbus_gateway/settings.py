@@ -58,7 +58,9 @@ class GatewaySettings(ServiceSettings):
         description="The tenant of every request in open development mode (no keys).",
     )
     rate_limit_per_second: float = Field(
-        default=50.0, gt=0, description="Requests per second per API key (429 above it)."
+        default=50.0,
+        gt=0,
+        description="Requests per second per API key and replica (429 above it).",
     )
     rate_limit_burst: int = Field(
         default=100, ge=1, description="Requests an API key may send at once before limiting."

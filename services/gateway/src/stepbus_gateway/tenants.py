@@ -1,9 +1,9 @@
-"""Per-tenant state of the gateway in Redis, shared by every replica: the rate limit of each API
-key, and the tenant's feed of events for ``GET /v1/events``.
+"""Per-key and per-tenant state of the gateway: the rate limit of each API key (in this replica's
+memory), and the tenant's feed of events for ``GET /v1/events`` (in Redis, shared by every
+replica).
 
-Keys (the tenant, or the key id, is the Redis Cluster hash tag, so each script touches one slot)::
+Keys (the tenant is the Redis Cluster hash tag, so the script touches one slot)::
 
-    stepbus:gw:{ns}:key:{<key id>}:bucket     hash: tokens, ts (a token bucket)
     stepbus:gw:{ns}:tenant:{<tenant>}:seq     counter: the tenant's last feed position
     stepbus:gw:{ns}:tenant:{<tenant>}:feed    sorted set: event JSON scored by its position
 
@@ -23,22 +23,6 @@ from redis.asyncio import Redis
 
 __all__ = ["RateLimiter", "TenantFeed"]
 
-# KEYS: bucket; ARGV: rate per second, burst, now (seconds). Returns "0" when a token was taken,
-# else the seconds until one is there.
-_TAKE = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or burst
-local ts = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-if tokens < 1 then return tostring((1 - tokens) / rate) end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - 1), 'ts', tostring(now))
-redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
-return '0'
-"""
-
 # KEYS: seq, feed; ARGV: event JSON, max events, ttl. Appends the event at the next position.
 _APPEND = """
 local position = redis.call('INCR', KEYS[1])
@@ -51,20 +35,28 @@ return position
 
 
 class RateLimiter:
-    """A token bucket per API key: ``rate`` requests a second, ``burst`` at once."""
+    """A token bucket per API key, in this replica: ``rate`` requests a second, ``burst`` at
+    once. Kept in memory (no round trip on the hot path): with N replicas behind a balancer a
+    key gets up to N times the rate, which is what the setting is sized for."""
 
-    def __init__(self, redis: Redis, *, namespace: str, rate: float, burst: int) -> None:
-        self._redis = redis
-        self._ns = namespace
+    def __init__(self, *, rate: float, burst: int, max_keys: int = 100_000) -> None:
         self._rate = rate
-        self._burst = burst
-        self._take = redis.register_script(_TAKE)
+        self._burst = float(burst)
+        self._max_keys = max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, at)
 
-    async def take(self, key_id: str) -> float:
+    def take(self, key_id: str) -> float:
         """Take one request's token: 0.0 when there was one, else the seconds to wait."""
-        bucket = f"stepbus:gw:{self._ns}:key:{{{key_id}}}:bucket"
-        wait = await self._take(keys=[bucket], args=[self._rate, self._burst, time.time()])
-        return float(wait)
+        now = time.monotonic()
+        tokens, at = self._buckets.get(key_id, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - at) * self._rate)
+        if tokens < 1:
+            self._buckets[key_id] = (tokens, now)
+            return (1 - tokens) / self._rate
+        if len(self._buckets) >= self._max_keys and key_id not in self._buckets:
+            self._buckets.clear()  # bounded: only keys that send survive the next second
+        self._buckets[key_id] = (tokens - 1, now)
+        return 0.0
 
 
 class TenantFeed:
