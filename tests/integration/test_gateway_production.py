@@ -324,3 +324,28 @@ async def test_the_openapi_document_names_the_auth_scheme_and_every_route(
     assert {"202", "401", "409", "413", "422", "429", "503"} <= set(submit["responses"])
     assert submit["requestBody"]["content"]["application/json"]["example"]["input"]
     assert {"/v1/events", "/v1/approvals", "/v1/memory/documents"} <= set(document["paths"])
+
+
+async def test_cors_answers_a_preflight_for_a_configured_origin_only(
+    kafka_bootstrap: str, redis_url: str, topics: Topics
+) -> None:
+    settings = gateway_settings(kafka_bootstrap, redis_url, topics).model_copy(
+        update={"cors_origins": "https://ui.example"}
+    )
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type,idempotency-key",
+    }
+    async with running_gateway(settings, topics, kafka_bootstrap) as gateway:
+        allowed = await gateway.client.options(
+            "/v1/tasks", headers={**preflight, "Origin": "https://ui.example"}
+        )
+        other = await gateway.client.options(
+            "/v1/tasks", headers={**preflight, "Origin": "https://evil.example"}
+        )
+        simple = await gateway.client.get("/v1/tasks", headers={"Origin": "https://ui.example"})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://ui.example"
+    assert "idempotency-key" in allowed.headers["access-control-allow-headers"].lower()
+    assert "access-control-allow-origin" not in other.headers
+    assert simple.headers["access-control-allow-origin"] == "https://ui.example"
