@@ -36,7 +36,11 @@ status:
 	$(PY) -m stepbus_devtools.stack status
 
 run: up
-	$(PY) -m stepbus_devtools.demo
+	@S=demo-$$$$; \
+	$(UV) run --frozen stepbus submit "What is 17 * 23, and then (391 - 1) / 2?" \
+		--tool calculator --session $$S --follow && \
+	$(UV) run --frozen stepbus submit "What did I ask you before, and what did you answer?" \
+		--tool calculator --session $$S --follow
 
 test: setup
 	@command -v redis-server >/dev/null || { echo "stepbus: redis-server is required: apt-get install -y redis-server"; exit 1; }

@@ -6,6 +6,7 @@ carrying an injected instruction is flagged, and the call the model then makes i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sys
@@ -17,11 +18,11 @@ from typing import Any
 import pytest
 from stepbus_runtime import PayloadStore
 
-from ..harness import LOGS, TopicReader
+from ..harness import LOGS, TopicReader, wait_until
 from .conftest import Stack, running_stack
 from .test_critic import topic_events
 from .test_recovery import of, submit
-from .test_task_flow import publish_plain, terminals
+from .test_task_flow import cli, publish_plain, terminals
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +52,7 @@ async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
         )
     )
     env = {"STEPBUS_MCP_CONFIG": str(config), "STEPBUS_POLICY_FILE": str(POLICY)}
-    async with running_stack(kafka_bootstrap, redis_url, env=env, gateway=False) as running:
+    async with running_stack(kafka_bootstrap, redis_url, env=env) as running:
         running.files = files  # type: ignore[attr-defined]
         yield running
 
@@ -233,3 +234,33 @@ async def test_a_result_above_the_claim_check_threshold_travels_by_reference_unc
     finally:
         await store.stop()
     assert len(resolved["data"]["output"]) == REPORT_KB * 1024
+
+
+async def test_the_cli_lists_a_waiting_approval_and_approving_it_resumes_the_task(
+    stack: Stack,
+) -> None:
+    text = 'Note it [tool=desk__write] {"path": "/notes/cli.txt", "text": "from the cli"}'
+    async with TopicReader(stack.bootstrap, stack.topics.results) as results:
+        task_id = await submit(stack, task(text, ["desk__write"]))
+        await results.wait_for(
+            lambda ev: of(ev, task_id, "stepbus.approval.requested"), 60, "the approval request"
+        )
+
+        async def listed() -> list[dict[str, Any]]:
+            shown = await asyncio.to_thread(cli, stack, "approvals", "--json")
+            return [a for a in json.loads(shown.stdout) if a["task_id"] == task_id]
+
+        [waiting] = await wait_until(listed, 30, "the approval in the gateway")
+        approval = waiting["approval_id"]
+        no_role = await asyncio.to_thread(cli, stack, "approve", task_id, approval)
+        ops = "test-key-acme-ops-0123456789"
+        approved = await asyncio.to_thread(cli, stack, "approve", task_id, approval, key=ops)
+        await results.wait_for(lambda ev: terminals(ev, task_id), 90, "the task to finish")
+        [end] = terminals(results.events(), task_id)
+    assert no_role.returncode == 3 and "role" in no_role.stderr
+    assert approved.returncode == 0, approved.stderr
+    assert (end["type"], end["data"]["output"]) == (
+        "stepbus.task.completed",
+        "wrote /notes/cli.txt",
+    )
+    assert len(writes(stack, task_id)) == 1

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -234,3 +237,38 @@ async def test_a_stream_resumed_after_a_gateway_sigkill_gets_each_later_event_on
     assert len(received) == len(set(received))  # nothing twice
     assert received == list(dict.fromkeys(published))  # everything, once, in order
     assert rest[-1]["event"] == "stepbus.task.completed"
+
+
+def cli(
+    stack: Stack | None, *args: str, key: str = "test-key-acme-0123456789"
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``stepbus`` CLI against the stack's gateway (None: an address nothing serves)."""
+    url = stack.gateway_url if stack is not None else "http://127.0.0.1:9"
+    assert url is not None
+    env = {**os.environ, "STEPBUS_URL": url, "STEPBUS_API_KEY": key}
+    return subprocess.run(
+        [sys.executable, "-m", "stepbus_cli", *args],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+async def test_the_cli_submits_follows_the_steps_and_prints_the_answer(stack: Stack) -> None:
+    followed = await asyncio.to_thread(
+        cli, stack, "submit", "What is 17 * 23?", "--tool", "calculator", "--follow"
+    )
+    assert followed.returncode == 0, followed.stderr
+    lines = followed.stdout.splitlines()
+    task_id = lines[0].strip()  # the id first
+    assert "action" in followed.stdout and "calculator" in followed.stdout
+    assert "answer: 391" in followed.stdout
+    status = await asyncio.to_thread(cli, stack, "status", task_id, "--json")
+    assert json.loads(status.stdout)["status"] == "completed"
+    scripted = await asyncio.to_thread(
+        cli, stack, "submit", "What is 2 + 3?", "--tool", "calculator", "--follow", "--json"
+    )
+    events = [json.loads(line) for line in scripted.stdout.splitlines()]
+    assert events[0]["status"] == "submitted" and events[-1]["type"] == "stepbus.task.completed"
+    refused = await asyncio.to_thread(cli, stack, "status", task_id, key="nope-0123456789abcdef")
+    assert refused.returncode == 3 and "STEPBUS_API_KEY" in refused.stderr
+    down = await asyncio.to_thread(cli, None, "status", task_id)
+    assert down.returncode == 3 and "cannot reach the gateway" in down.stderr

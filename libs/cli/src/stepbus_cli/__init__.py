@@ -1,0 +1,1 @@
+"""stepbus CLI (``stepbus``): a client of the gateway."""

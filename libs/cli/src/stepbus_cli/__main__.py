@@ -1,0 +1,5 @@
+"""``python -m stepbus_cli``."""
+
+from .app import main
+
+main()
