@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from stepbus_contracts import (
     ApprovalDecided,
     ApprovalDecidedData,
@@ -55,6 +55,7 @@ from .rebuild import ProjectionRebuilder
 from .settings import GatewaySettings
 from .sse import task_event_stream, tenant_event_stream
 from .tenants import RateLimiter
+from .ui import ui_routes
 
 __all__ = ["EXCEPTION_HANDLERS", "OPEN_KEY_ID", "SOURCE", "Services", "TaskId", "routes"]
 
@@ -632,7 +633,7 @@ async def redis_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
-def routes() -> list[Route]:
+def routes() -> list[BaseRoute]:
     """The gateway's routes (task ids are single path segments: see the module)."""
     return [
         Route("/v1/tasks", submit_task, methods=["POST"]),
@@ -649,6 +650,7 @@ def routes() -> list[Route]:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        *ui_routes(),
     ]
 
 
