@@ -1,0 +1,106 @@
+"""stepbus for upstream Python services on Kafka.
+
+``StepbusRouter`` is a FastStream ``KafkaRouter``: include it in your ``KafkaBroker`` to
+submit tasks (``submit``, ``cancel``, ``decide``) and to handle results
+(``@router.on_result``) as typed events. The event models are those of
+``stepbus_contracts``, re-exported here; ``submitted``, ``encode`` and ``decode_result``
+serve code that talks to Kafka without FastStream.
+"""
+
+from stepbus_contracts import (
+    DEFAULT_PREFIX,
+    DEFAULT_SOURCE,
+    DEFAULT_TENANT,
+    ApprovalDecided,
+    ApprovalDecidedData,
+    ApprovalOutcome,
+    ApprovalRequested,
+    ApprovalRequestedData,
+    ApprovalResolved,
+    ApprovalResolvedData,
+    CloudEvent,
+    CriticPolicy,
+    CriticSummary,
+    FailureReason,
+    TaskCancelled,
+    TaskCancelledData,
+    TaskCancelRequested,
+    TaskCancelRequestedData,
+    TaskCompleted,
+    TaskCompletedData,
+    TaskFailed,
+    TaskFailedData,
+    TaskProgress,
+    TaskProgressData,
+    TaskSubmitted,
+    TaskSubmittedData,
+    TokenUsage,
+    Topics,
+    results_adapter,
+    tasks_adapter,
+    validate_wire,
+)
+
+from .claims import Claimed, PayloadRef, claim_of, fetch_payload
+from .errors import ClaimCheckError, NotConnectedError, StepbusClientError
+from .events import (
+    CONTENT_TYPE,
+    Result,
+    Terminal,
+    approval_decided,
+    cancel_requested,
+    decode_result,
+    encode,
+    submitted,
+)
+from .router import StepbusRouter
+
+__all__ = [
+    "CONTENT_TYPE",
+    "DEFAULT_PREFIX",
+    "DEFAULT_SOURCE",
+    "DEFAULT_TENANT",
+    "ApprovalDecided",
+    "ApprovalDecidedData",
+    "ApprovalOutcome",
+    "ApprovalRequested",
+    "ApprovalRequestedData",
+    "ApprovalResolved",
+    "ApprovalResolvedData",
+    "ClaimCheckError",
+    "Claimed",
+    "CloudEvent",
+    "CriticPolicy",
+    "CriticSummary",
+    "FailureReason",
+    "NotConnectedError",
+    "PayloadRef",
+    "Result",
+    "StepbusClientError",
+    "StepbusRouter",
+    "TaskCancelRequested",
+    "TaskCancelRequestedData",
+    "TaskCancelled",
+    "TaskCancelledData",
+    "TaskCompleted",
+    "TaskCompletedData",
+    "TaskFailed",
+    "TaskFailedData",
+    "TaskProgress",
+    "TaskProgressData",
+    "TaskSubmitted",
+    "TaskSubmittedData",
+    "Terminal",
+    "TokenUsage",
+    "Topics",
+    "approval_decided",
+    "cancel_requested",
+    "claim_of",
+    "decode_result",
+    "encode",
+    "fetch_payload",
+    "results_adapter",
+    "submitted",
+    "tasks_adapter",
+    "validate_wire",
+]
