@@ -18,54 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 from collections.abc import Callable
-from itertools import pairwise
 from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import from_json
-from stepbus_contracts import DEFAULT_TENANT
+from stepbus_contracts import CHUNK_BYTES, DEFAULT_TENANT, PayloadRef
 
 from .errors import ClaimCheckError, NotConnectedError
 
 __all__ = ["CHUNK_BYTES", "FETCH_TIMEOUT", "Claimed", "PayloadRef", "claim_of", "fetch_payload"]
 
-CHUNK_BYTES = 512 * 1024
-"""Largest chunk of a stored payload."""
-
 FETCH_TIMEOUT = 10.0
 """Seconds reading one payload back may take."""
-
-_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
-
-
-class PayloadRef(BaseModel):
-    """Where a stored payload lives: the value of a claim's ``claimcheck`` attribute."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    id: str = Field(pattern=r"^[0-9a-f]{32}$", description="Payload id; every chunk's key.")
-    topic: str = Field(min_length=1, max_length=249, description="The payloads topic.")
-    partition: int = Field(ge=0, le=100_000, description="The partition holding every chunk.")
-    offsets: list[int] = Field(
-        min_length=1,
-        max_length=_MAX_PAYLOAD_BYTES // CHUNK_BYTES,
-        description="Offsets of the chunks, in order.",
-    )
-    size: int = Field(ge=0, le=_MAX_PAYLOAD_BYTES, description="Payload length in bytes.")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the payload.")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> PayloadRef:
-        """As stepbus writes them: one chunk per 512 KiB, at increasing offsets from 0 up."""
-        if len(self.offsets) != max(1, math.ceil(self.size / CHUNK_BYTES)):
-            raise ValueError(f"{len(self.offsets)} chunk offsets do not fit {self.size} bytes")
-        if self.offsets[0] < 0 or any(b <= a for a, b in pairwise(self.offsets)):
-            raise ValueError("chunk offsets must be increasing and not negative")
-        return self
 
 
 class Claimed(BaseModel):

@@ -36,6 +36,7 @@ from .catalog import (
     tool_calls_adapter,
     tool_catalog_adapter,
 )
+from .claims import CHUNK_BYTES, MAX_PAYLOAD_BYTES, PayloadRef
 from .critic import (
     MAX_DRAFT_LENGTH,
     MAX_FEEDBACK_LENGTH,
@@ -164,6 +165,7 @@ from .topics import DEFAULT_PREFIX, Topics, TopicSpec
 from .wire import WIRE_ATTRIBUTES, validate_wire
 
 __all__ = [
+    "CHUNK_BYTES",
     "DEFAULT_PREFIX",
     "DEFAULT_SOURCE",
     "DEFAULT_TENANT",
@@ -186,6 +188,7 @@ __all__ = [
     "MAX_MODEL_NAME_LENGTH",
     "MAX_OBSERVATIONS",
     "MAX_OBSERVATION_LENGTH",
+    "MAX_PAYLOAD_BYTES",
     "MAX_ROLES",
     "MAX_SESSION_ID_LENGTH",
     "MAX_SOURCE_LENGTH",
@@ -249,6 +252,7 @@ __all__ = [
     "MemoryRememberRequestedData",
     "MemoryTurn",
     "Metadata",
+    "PayloadRef",
     "PlannedToolCall",
     "PolicyDecided",
     "PolicyDecidedData",

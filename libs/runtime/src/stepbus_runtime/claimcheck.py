@@ -22,15 +22,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import time
 import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 from pydantic_core import from_json
-from stepbus_contracts import CloudEvent
+from stepbus_contracts import CHUNK_BYTES, MAX_PAYLOAD_BYTES, CloudEvent, PayloadRef
 
 from .admin import topic_partitions
 from .errors import PermanentError, RetryableError
@@ -45,47 +44,11 @@ __all__ = [
     "claim_value",
 ]
 
-CHUNK_BYTES = 512 * 1024
-"""Largest chunk of a stored payload: well under Kafka's default 1 MiB record limit."""
-
-MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
-"""Largest payload a claim may reference: a reference claiming more is refused unread."""
-
 _CLAIM_ATTRIBUTES = {"specversion", "type", "source", "id", "subject", "time", "tenant"}
 
 
 class ClaimCheckError(PermanentError):
     """A claimed payload cannot be read back (expired, missing or corrupt): dead-letter it."""
-
-
-class PayloadRef(BaseModel):
-    """Where a stored payload lives: the value of a claim's ``claimcheck`` attribute."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    id: str = Field(
-        pattern=r"^[0-9a-f]{32}$", description="Payload id; the key of every chunk record."
-    )
-    topic: str = Field(min_length=1, max_length=249, description="The payloads topic.")
-    partition: int = Field(ge=0, le=100_000, description="The partition holding every chunk.")
-    offsets: list[int] = Field(
-        min_length=1,
-        max_length=MAX_PAYLOAD_BYTES // CHUNK_BYTES,
-        description="Offsets of the chunks, in order.",
-    )
-    size: int = Field(ge=0, le=MAX_PAYLOAD_BYTES, description="Payload length in bytes.")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the payload.")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> PayloadRef:
-        """As ``PayloadStore.put`` writes them: one chunk per 512 KiB, in increasing offsets."""
-        if len(self.offsets) != max(1, math.ceil(self.size / CHUNK_BYTES)):
-            raise ValueError(f"{len(self.offsets)} chunk offsets do not fit {self.size} bytes")
-        if any(b <= a for a, b in zip(self.offsets, self.offsets[1:], strict=False)):
-            raise ValueError("chunk offsets must increase")
-        if self.offsets[0] < 0:
-            raise ValueError("chunk offsets must not be negative")
-        return self
 
 
 def claim_value(event: CloudEvent, ref: PayloadRef) -> bytes:
