@@ -117,6 +117,7 @@ from .planning import (
     PlannedToolCall,
     TaskAccepted,
     TaskAcceptedData,
+    TaskTrace,
     TokenUsage,
 )
 from .results import (
@@ -281,6 +282,7 @@ __all__ = [
     "TaskProgressData",
     "TaskSubmitted",
     "TaskSubmittedData",
+    "TaskTrace",
     "TerminalEvent",
     "Timestamp",
     "TokenBudget",

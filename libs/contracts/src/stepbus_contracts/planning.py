@@ -23,13 +23,39 @@ from .limits import (
 from .tasks import CriticPolicy, Metadata, Role, SessionId, TokenBudget, ToolName
 
 __all__ = [
+    "TRACE_ID_PATTERN",
     "LlmDecided",
     "LlmDecidedData",
     "PlannedToolCall",
     "TaskAccepted",
     "TaskAcceptedData",
+    "TaskTrace",
     "TokenUsage",
 ]
+
+TRACE_ID_PATTERN = r"^[0-9a-f]{32}$"
+SPAN_ID_PATTERN = r"^[0-9a-f]{16}$"
+
+
+class TaskTrace(EventData):
+    """The task's OpenTelemetry trace: every span of the task belongs to it.
+
+    The root span (``invoke_agent stepbus``) is recorded by the planner when the task ends,
+    with these ids, from ``started_at``; every step's spans are its children.
+    """
+
+    trace_id: str = Field(pattern=TRACE_ID_PATTERN, description="W3C trace id, 32 hex digits.")
+    span_id: str = Field(
+        pattern=SPAN_ID_PATTERN, description="Id of the task's root span, 16 hex digits."
+    )
+    parent_span_id: str | None = Field(
+        default=None,
+        pattern=SPAN_ID_PATTERN,
+        description="The upstream span the task continues (from the submission's "
+        "`traceparent`); null when the task started the trace.",
+    )
+    sampled: bool = Field(default=True, description="Whether the trace is recorded.")
+    started_at: Timestamp = Field(description="When the task entered stepbus.")
 
 
 class TokenUsage(EventData):
@@ -98,6 +124,9 @@ class TaskAcceptedData(EventData):
         min_length=1,
         max_length=MAX_MODEL_NAME_LENGTH,
         description="The LLM the planner uses for this task.",
+    )
+    trace: TaskTrace | None = Field(
+        default=None, description="The task's trace (null from planners without tracing)."
     )
 
 

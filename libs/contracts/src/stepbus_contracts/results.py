@@ -57,6 +57,11 @@ class TaskProgressData(EventData):
     )
     message: str = Field(description="Human-readable summary.")
     tool: str | None = Field(default=None, description="Tool name for action/observation.")
+    trace_id: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{32}$",
+        description="On `accepted`: the task's OpenTelemetry trace id (find the trace by it).",
+    )
 
 
 class TaskProgress(CloudEvent):

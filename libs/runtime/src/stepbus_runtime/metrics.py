@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["DLQ_RECORDS", "DROPPED_RECORDS", "IN_FLIGHT", "RECORDS", "RECORD_SECONDS"]
+__all__ = [
+    "CONSUMER_LAG",
+    "DLQ_RECORDS",
+    "DROPPED_RECORDS",
+    "IN_FLIGHT",
+    "RECORDS",
+    "RECORD_SECONDS",
+]
 
 RECORDS = Counter(
-    "stepbus_records_total", "Records processed, by outcome.", ["service", "topic", "outcome"]
+    "stepbus_records_total",
+    "Records processed, by topic, event type and outcome (ok, dead_lettered, dropped).",
+    ["service", "topic", "type", "outcome"],
 )
 RECORD_SECONDS = Histogram(
     "stepbus_record_seconds",
@@ -24,4 +33,10 @@ DROPPED_RECORDS = Counter(
     "Records dropped without a dead letter (refused by a handler, or not even dead-letterable), "
     "by reason.",
     ["service", "topic", "reason"],
+)
+CONSUMER_LAG = Gauge(
+    "stepbus_consumer_lag_records",
+    "Records of an owned partition not yet committed: the log end offset last fetched minus "
+    "the committed position (measured by the service at each commit).",
+    ["service", "topic", "partition"],
 )

@@ -31,15 +31,18 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.trace import SpanContext
 from pydantic import TypeAdapter
 
 from .claimcheck import ClaimCheckError, PayloadRef, PayloadStore, claim_reference
 from .codec import decode
 from .deadletter import dead_letter
 from .errors import DecodeError, PermanentError
+from .logfmt import bind, reset
 from .logs import clip
-from .metrics import IN_FLIGHT, RECORD_SECONDS, RECORDS
+from .metrics import CONSUMER_LAG, IN_FLIGHT, RECORD_SECONDS, RECORDS
 from .offsets import PartitionOffsets
 from .publisher import Emit, EventPublisher
 from .tracing import extract_context
@@ -60,6 +63,8 @@ class RecordContext:
     key: str | None
     attempt: int
     max_attempts: int
+    trace_parent: SpanContext | None = None
+    """The span context the record carries in ``traceparent`` (None: none, or invalid)."""
 
     @property
     def last_attempt(self) -> bool:
@@ -150,6 +155,7 @@ class Processor:
         self._revoke_grace = revoke_grace
         self._listener = listener
         self._payloads = payloads
+        self._group_id = group_id
         self._consumer = AIOKafkaConsumer(
             *routes,
             bootstrap_servers=bootstrap_servers,
@@ -337,13 +343,16 @@ class Processor:
         started = time.perf_counter()
         outcome = "ok"
         ctx = extract_context(record.headers)
+        token = bind(task_id=_key(record), tenant=getattr(decoded, "tenant", None))
         with _tracer.start_as_current_span(
             f"process {record.topic}", context=ctx, kind=trace.SpanKind.CONSUMER
-        ):
+        ) as span:
+            if span.is_recording():
+                span.set_attributes(self._process_attributes(record, decoded))
             try:
                 if isinstance(decoded, Exception):
                     raise decoded
-                outputs = await self._handle(route, decoded, record)
+                outputs = await self._handle(route, decoded, record, _span_context(ctx))
                 await self._publish(outputs)
             except asyncio.CancelledError:
                 raise
@@ -357,19 +366,51 @@ class Processor:
                     attempts=attempts, service=self.name, retry_backoff=self._backoff,
                 )  # fmt: skip
                 outcome = "dead_lettered" if sent else "dropped"
+                span.set_status(trace.StatusCode.ERROR, clip(str(exc), 200))
+        reset(token)
         offsets = self._offsets.get(tp)
         if offsets is not None:
             offsets.finish(record.offset)
-        RECORDS.labels(self.name, record.topic, outcome).inc()
+        RECORDS.labels(self.name, record.topic, _event_type(decoded), outcome).inc()
         RECORD_SECONDS.labels(self.name, record.topic).observe(time.perf_counter() - started)
 
+    def _process_attributes(
+        self, record: ConsumerRecord[bytes, bytes], decoded: Any
+    ) -> dict[str, str | int]:
+        """Messaging semantic-convention attributes of a record's ``process`` span."""
+        attributes: dict[str, str | int] = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": record.topic,
+            "messaging.destination.partition.id": str(record.partition),
+            "messaging.consumer.group.name": self._group_id,
+            "messaging.kafka.offset": record.offset,
+        }
+        event_id = getattr(decoded, "id", None)
+        if isinstance(event_id, str):
+            attributes["messaging.message.id"] = event_id
+            attributes["cloudevents.event_id"] = event_id
+            attributes["cloudevents.event_type"] = str(getattr(decoded, "type", ""))
+        return attributes
+
     async def _handle(
-        self, route: Route, event: Any, record: ConsumerRecord[bytes, bytes]
+        self,
+        route: Route,
+        event: Any,
+        record: ConsumerRecord[bytes, bytes],
+        parent: SpanContext | None,
     ) -> Sequence[Emit]:
         key = record.key.decode(errors="replace") if record.key else None
         for attempt in range(1, self._max_attempts + 1):
             context = RecordContext(
-                record.topic, record.partition, record.offset, key, attempt, self._max_attempts
+                record.topic,
+                record.partition,
+                record.offset,
+                key,
+                attempt,
+                self._max_attempts,
+                parent,
             )
             try:
                 if isinstance(event, PayloadRef):  # fetch failures are retried like handlers
@@ -401,7 +442,27 @@ class Processor:
         Stage by stage (``Emit.stage``): each stage is acknowledged before the next goes out.
         """
         for stage in sorted({emit.stage for emit in outputs}):
-            await self._publish_all([emit for emit in outputs if emit.stage == stage])
+            batch = [emit for emit in outputs if emit.stage == stage]
+            topics = {emit.topic for emit in batch}
+            name = f"send {next(iter(topics))}" if len(topics) == 1 else "send"
+            with _tracer.start_as_current_span(name, kind=trace.SpanKind.PRODUCER) as span:
+                if span.is_recording():
+                    span.set_attributes(
+                        {
+                            "messaging.system": "kafka",
+                            "messaging.operation.type": "send",
+                            "messaging.operation.name": "send",
+                            "messaging.batch.message_count": len(batch),
+                            "messaging.destination.name": ",".join(sorted(topics)),
+                        }
+                    )
+                await self._publish_all(batch)
+        for emit in outputs:  # counted once acknowledged: a crash before counts nothing
+            if emit.on_acked is not None:
+                try:
+                    emit.on_acked()
+                except Exception:  # a metric callback must not fail the record
+                    log.exception("%s: on_acked callback failed", self.name)
 
     async def _publish_all(self, outputs: Sequence[Emit]) -> None:
         """Retry while the broker is unavailable; an error retrying cannot fix is raised (the
@@ -452,6 +513,16 @@ class Processor:
             return
         for tp, position in offsets.items():
             self._offsets[tp].committed = position
+        self._measure_lag()
+
+    def _measure_lag(self) -> None:
+        """``stepbus_consumer_lag_records``: the log end offset last fetched minus the
+        committed position, per owned partition (no request to the broker)."""
+        for tp, tracker in self._offsets.items():
+            end = self._consumer.highwater(tp)
+            if end is not None:
+                lag = max(0, end - max(tracker.committed, 0))
+                CONSUMER_LAG.labels(self.name, tp.topic, str(tp.partition)).set(lag)
 
     async def _drain(self, partitions: set[TopicPartition], grace: float) -> None:
         """Give in-flight records of ``partitions`` ``grace`` seconds, then cancel the rest."""
@@ -470,6 +541,8 @@ class Processor:
         for tp in revoked:
             self._offsets.pop(tp, None)
             self._tasks.pop(tp, None)
+            with contextlib.suppress(KeyError):  # not ours to report any more
+                CONSUMER_LAG.remove(self.name, tp.topic, str(tp.partition))
         if self._listener is not None:
             await self._listener.revoked(revoked)
 
@@ -503,6 +576,25 @@ class Processor:
         self._restoring -= assigned
         if not self._paused:
             self._consumer.resume(*(assigned & self._consumer.assignment()))
+
+
+def _span_context(ctx: otel_context.Context) -> SpanContext | None:
+    found = trace.get_current_span(ctx).get_span_context()
+    return found if found.is_valid else None
+
+
+def _key(record: ConsumerRecord[bytes, bytes]) -> str | None:
+    """The record's key (the task id), for logs and spans; None when it has none."""
+    return clip(record.key.decode(errors="replace"), 200) if record.key is not None else None
+
+
+def _event_type(decoded: Any) -> str:
+    """The metric label of a record's kind: its event type, or why it has none (bounded: the
+    types are the route's, the rest two words)."""
+    kind = getattr(decoded, "type", None)
+    if isinstance(kind, str):
+        return kind
+    return "claim_check" if isinstance(decoded, PayloadRef) else "undecodable"
 
 
 def _keyed(record: ConsumerRecord[bytes, bytes], event: Any) -> Any:

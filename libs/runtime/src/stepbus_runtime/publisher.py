@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
@@ -34,6 +34,9 @@ class Emit:
     tombstone: bool = False
     """Publish no value under ``key`` (compacted topics then drop the key); ``event`` only
     says why, in logs."""
+    on_acked: Callable[[], None] | None = field(default=None, compare=False)
+    """Called once every output of the record is acknowledged: where work is counted, so a
+    crash before the acknowledgement (and the redo after it) counts it once."""
 
 
 class EventPublisher:
@@ -101,7 +104,8 @@ class EventPublisher:
         futures = []
         for emit in emits:
             headers: Headers = list(emit.headers)
-            inject_context(headers)
+            if not any(name == "traceparent" for name, _ in headers):
+                inject_context(headers)  # the current span, unless the emitter chose one
             value: bytes | None = None
             if not emit.tombstone:
                 value = encode(emit.event)

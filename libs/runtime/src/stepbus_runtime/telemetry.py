@@ -1,59 +1,142 @@
-"""OpenTelemetry and logging set up in one place; degrades instead of crashing."""
+"""OpenTelemetry and logging set up in one place; degrades instead of crashing.
+
+Configured by the standard variables: ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``), ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``http/protobuf``,
+the default, or ``grpc``), ``OTEL_SERVICE_NAME`` (defaults to the service's own name),
+``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER`` (and ``_ARG``), ``OTEL_BSP_*`` for the
+export queue (``export``). Logging: ``STEPBUS_LOG_FORMAT`` (``json``, or ``text`` for a
+terminal) and ``STEPBUS_LOG_LEVEL`` (``logfmt``).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 
 from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
-from .logs import install_clipping
+from .export import BoundedExportProcessor
+from .logfmt import bound_fields, configure_logging
+from .tracing import STEP, TASK_ID, TENANT, fixed_id_override
 
-__all__ = ["setup_telemetry"]
+__all__ = ["StepbusIdGenerator", "TaskAttributes", "setup_telemetry", "span_exporter"]
 
 log = logging.getLogger(__name__)
 
 
-def setup_telemetry(service_name: str) -> None:
-    """Configure logging and a tracer provider for ``service_name``.
+class StepbusIdGenerator(RandomIdGenerator):
+    """Random ids, except for a span whose ids were planned (``tracing.fixed_ids``)."""
 
-    Spans get real ids (so ``traceparent`` flows through Kafka headers) whenever the
-    OpenTelemetry SDK is installed; they are exported over OTLP when
-    ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set and the exporter package is present. Without an
-    exporter (and without ``OTEL_TRACES_SAMPLER``) only traces sampled upstream are recorded:
-    nothing would receive the others (a recorded span and its context cost ~25 µs per record,
-    an unrecorded one ~14 µs, measured).
-    """
-    logging.basicConfig(
-        level=os.environ.get("STEPBUS_LOG_LEVEL", "INFO").upper(),
-        format=f"%(asctime)s {service_name} %(levelname)s %(name)s: %(message)s",
+    def generate_span_id(self) -> int:
+        """The planned span id inside ``fixed_ids``, else a random one."""
+        fixed = fixed_id_override()
+        return fixed[1] if fixed else super().generate_span_id()
+
+    def generate_trace_id(self) -> int:
+        """The planned trace id inside ``fixed_ids``, else a random one."""
+        fixed = fixed_id_override()
+        return fixed[0] if fixed else super().generate_trace_id()
+
+
+class TaskAttributes(SpanProcessor):
+    """Puts ``stepbus.task.id``, ``stepbus.tenant`` and ``stepbus.step`` on every span started
+    while a record of a task is handled (the fields ``logfmt.log_context`` binds), so any span
+    of a task, client library spans included, is found from the task id."""
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        """Copy the bound task fields onto the new span."""
+        fields = bound_fields()
+        if not fields or not span.is_recording():
+            return
+        for key, name in (("task_id", TASK_ID), ("tenant", TENANT), ("step", STEP)):
+            value = fields.get(key)
+            if isinstance(value, str | int) and name not in (span.attributes or {}):
+                span.set_attribute(name, value)
+
+
+def span_exporter() -> SpanExporter | None:
+    """The OTLP exporter the environment asks for, or None when no endpoint is set."""
+    if not (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    ):
+        return None
+    protocol = (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcExporter,
+        )
+
+        return GrpcExporter()
+    if protocol not in ("http/protobuf", "http/json"):
+        log.warning(
+            "OTEL_EXPORTER_OTLP_PROTOCOL=%r is not supported; using http/protobuf", protocol
+        )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpExporter,
     )
-    install_clipping()  # no log line grows with what a crafted record holds
-    # Per-request INFO lines of the clients: one per LLM call or fetch is noise, and CPU.
-    for name in ("aiokafka", "httpx", "httpx2", "httpcore", "httpcore2"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+
+    return HttpExporter()
+
+
+def _resource(service_name: str) -> Resource:
+    """``service.name`` (``OTEL_SERVICE_NAME`` wins), the instance, and
+    ``OTEL_RESOURCE_ATTRIBUTES``."""
+    attributes: dict[str, str] = {
+        "service.namespace": "stepbus",
+        "service.instance.id": os.environ.get("STEPBUS_GROUP_INSTANCE_ID")
+        or f"{socket.gethostname()}-{os.getpid()}",
+    }
+    if not os.environ.get("OTEL_SERVICE_NAME"):
+        attributes["service.name"] = service_name
+    return Resource.create(attributes)
+
+
+def setup_telemetry(service_name: str) -> None:
+    """Configure logging and the tracer provider for ``service_name``.
+
+    Spans get real ids (so ``traceparent`` flows through Kafka headers) in every case. They
+    are exported when an OTLP endpoint is set; without one (and without
+    ``OTEL_TRACES_SAMPLER``) only traces sampled upstream are recorded, since nothing would
+    receive the others (a recorded span and its context cost ~25 µs per record, an unrecorded
+    one ~14 µs, measured). An exporter that cannot be built is logged, never fatal.
+    """
+    configure_logging(service_name)
     try:
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
-    except ImportError:  # API only: context still propagates, spans are not recorded
-        log.info("opentelemetry-sdk not installed; tracing is propagation-only")
-        return
-    exporting = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        exporter = span_exporter()
+    except Exception as exc:  # a missing or broken exporter must not stop the service
+        log.warning("OTLP exporter unavailable (%r); spans are not exported", exc)
+        exporter = None
     sampler = None  # the SDK's default, or OTEL_TRACES_SAMPLER
-    if not exporting and not os.environ.get("OTEL_TRACES_SAMPLER"):
-        # Nothing would receive the spans: record none that start here, but keep real ids so
-        # the trace context still flows, and still record a trace an upstream sampled.
+    if exporter is None and not os.environ.get("OTEL_TRACES_SAMPLER"):
+        # Record no trace that starts here, but keep real ids so the context still flows.
         sampler = ParentBased(ALWAYS_OFF)
     provider = TracerProvider(
-        resource=Resource.create({"service.name": service_name}), sampler=sampler
+        resource=_resource(service_name), sampler=sampler, id_generator=StepbusIdGenerator()
     )
-    if exporting:
-        try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        except Exception as exc:  # a missing or broken exporter must not stop the service
-            log.warning("OTLP exporter unavailable (%r); spans are not exported", exc)
+    provider.add_span_processor(TaskAttributes())
+    if exporter is not None:
+        provider.add_span_processor(BoundedExportProcessor(exporter, service_name))
     trace.set_tracer_provider(provider)
+
+
+def shutdown_telemetry() -> None:
+    """Export the spans still queued (bounded), at shutdown."""
+    provider = trace.get_tracer_provider()
+    shutdown = getattr(provider, "shutdown", None)
+    if callable(shutdown):
+        try:
+            shutdown()
+        except Exception as exc:
+            log.warning("tracer provider shutdown failed: %r", exc)

@@ -1,14 +1,74 @@
-"""W3C trace context in Kafka record headers, extracted per record and injected per output."""
+"""Trace context in Kafka record headers, and the one trace of a task.
+
+Propagation: W3C ``traceparent``/``tracestate`` in record headers, extracted per record and
+injected per output (never per batch).
+
+The task's trace (``TaskTrace`` on ``task.accepted``) is decided once, where the task enters:
+
+- the gateway makes the root's ids and says so in ``tracestate`` (``stepbus=r<root>``, with
+  ``p<parent>`` when the HTTP request continued an upstream trace);
+- a submission published straight to Kafka with an upstream ``traceparent`` continues that
+  trace: the root is a child of the upstream span;
+- a submission without one starts a trace whose ids derive from the submission's id, so a
+  redelivered submission yields the same acceptance.
+
+Every span a service makes for the task is under the root (``task_context``); the root itself,
+``invoke_agent stepbus``, is recorded by the planner when the task ends, with those ids and the
+task's whole duration (``record_root_span``): a span cannot stay open across processes, and
+the task outlives any one of them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import contextvars
+import hashlib
+import random
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.propagators.textmap import Getter, Setter
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
+from stepbus_contracts import TaskTrace
 
-__all__ = ["Headers", "extract_context", "inject_context"]
+__all__ = [
+    "REPLAY",
+    "STEP",
+    "TASK_ID",
+    "TENANT",
+    "Headers",
+    "derived_span_id",
+    "extract_context",
+    "fixed_id_override",
+    "fixed_ids",
+    "header_span_context",
+    "inject_context",
+    "new_root",
+    "record_root_span",
+    "task_context",
+    "task_trace",
+    "trace_headers",
+]
+
+TASK_ID = "stepbus.task.id"
+TENANT = "stepbus.tenant"
+STEP = "stepbus.step"
+REPLAY = "stepbus.replay"
+"""True on a span that redoes, after a crash or a redelivery, a step recorded before."""
 
 Headers = list[tuple[str, bytes]]
 
@@ -33,6 +93,7 @@ _SETTER = _HeaderSetter()
 # W3C trace context only: the composite global propagator (with baggage) costs twice as much
 # per record and stepbus carries no baggage.
 _PROPAGATOR = TraceContextTextMapPropagator()
+_STATE_KEY = "stepbus"
 
 
 def extract_context(headers: Iterable[tuple[str, bytes]] | None) -> otel_context.Context:
@@ -40,7 +101,170 @@ def extract_context(headers: Iterable[tuple[str, bytes]] | None) -> otel_context
     return _PROPAGATOR.extract(list(headers or ()), getter=_GETTER)
 
 
+def header_span_context(headers: Iterable[tuple[str, bytes]] | None) -> SpanContext | None:
+    """The span context in a record's ``traceparent`` (None when absent or invalid)."""
+    found = trace.get_current_span(extract_context(headers)).get_span_context()
+    return found if found.is_valid else None
+
+
 def inject_context(headers: Headers, ctx: otel_context.Context | None = None) -> Headers:
     """Add ``traceparent`` (and ``tracestate``) for ``ctx`` or the current context."""
     _PROPAGATOR.inject(headers, context=ctx, setter=_SETTER)
     return headers
+
+
+def trace_headers() -> tuple[tuple[str, bytes], ...]:
+    """Headers carrying the current span's context, for an ``Emit`` made inside it."""
+    return tuple(inject_context([]))
+
+
+# -- the task's trace ---------------------------------------------------------------------
+
+
+def _derive(size: int, *parts: str) -> int:
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=size).digest()
+    return int.from_bytes(digest, "big") or 1  # 0 is the invalid id
+
+
+def derived_span_id(*parts: str) -> int:
+    """A span id derived from ``parts``: the same work gets the same id in any process."""
+    return _derive(8, *parts)
+
+
+def new_root(upstream: SpanContext | None, *, sampled: bool = True) -> SpanContext:
+    """A root span context for a task entering at the gateway: a new span id, the upstream's
+    trace id when the request continued a trace, and ``tracestate`` naming the root (and its
+    upstream parent) so the planner records the root with these ids. ``sampled`` decides a
+    trace that starts here."""
+    span_id = random.getrandbits(64) or 1
+    if upstream is not None and upstream.is_valid:
+        value = f"r{span_id:016x}p{upstream.span_id:016x}"
+        trace_id, flags, state = upstream.trace_id, upstream.trace_flags, upstream.trace_state
+    else:
+        value = f"r{span_id:016x}"
+        trace_id, flags, state = random.getrandbits(128) or 1, _flags(sampled), TraceState()
+    state = state.delete(_STATE_KEY) if _STATE_KEY in state else state
+    return SpanContext(
+        trace_id,
+        span_id,
+        is_remote=True,
+        trace_flags=flags,
+        trace_state=state.add(_STATE_KEY, value),
+    )
+
+
+def task_trace(
+    task_id: str,
+    submitted_id: str,
+    parent: SpanContext | None,
+    started_at: datetime,
+    *,
+    sampled: bool,
+) -> TaskTrace:
+    """The trace a submitted task runs in (see the module docstring for the three cases).
+
+    Args:
+        task_id: The task.
+        submitted_id: Id of its ``task.submitted`` event.
+        parent: The submission record's span context (``header_span_context``).
+        started_at: When the task entered stepbus.
+        sampled: The sampling decision for a trace the task starts itself.
+    """
+    if parent is not None:
+        marked = parent.trace_state.get(_STATE_KEY, "")
+        root, _, upstream = marked.partition("p")
+        if root.startswith("r") and len(root) == 17:  # made by the gateway
+            return TaskTrace(
+                trace_id=f"{parent.trace_id:032x}",
+                span_id=root[1:],
+                parent_span_id=upstream or None,
+                sampled=parent.trace_flags.sampled,
+                started_at=started_at,
+            )
+        return TaskTrace(
+            trace_id=f"{parent.trace_id:032x}",
+            span_id=f"{_derive(8, task_id, submitted_id, 'root'):016x}",
+            parent_span_id=f"{parent.span_id:016x}",
+            sampled=parent.trace_flags.sampled,
+            started_at=started_at,
+        )
+    return TaskTrace(
+        trace_id=f"{_derive(16, task_id, submitted_id, 'trace'):032x}",
+        span_id=f"{_derive(8, task_id, submitted_id, 'root'):016x}",
+        sampled=sampled,
+        started_at=started_at,
+    )
+
+
+def _flags(sampled: bool) -> TraceFlags:
+    return TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+
+
+def task_context(task: TaskTrace) -> otel_context.Context:
+    """A context whose current span is the task's root: spans started in it are its children."""
+    root = SpanContext(
+        int(task.trace_id, 16),
+        int(task.span_id, 16),
+        is_remote=True,
+        trace_flags=_flags(task.sampled),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(root))
+
+
+_FIXED: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+    "stepbus_fixed_ids", default=None
+)
+
+
+@contextlib.contextmanager
+def fixed_ids(trace_id: int, span_id: int) -> Iterator[None]:
+    """The next span started here gets these ids (``StepbusIdGenerator``): for a span whose
+    ids were decided before it could be recorded, such as a task's root."""
+    token = _FIXED.set((trace_id, span_id))
+    try:
+        yield
+    finally:
+        _FIXED.reset(token)
+
+
+def fixed_id_override() -> tuple[int, int] | None:
+    """The (trace id, span id) ``fixed_ids`` asks for here, if any."""
+    return _FIXED.get()
+
+
+def record_root_span(
+    tracer: trace.Tracer,
+    task: TaskTrace,
+    attributes: Mapping[str, AttributeValue],
+    *,
+    ended_at_ns: int,
+    error: str | None = None,
+    links: Sequence[Link] = (),
+) -> None:
+    """Record the task's ``invoke_agent stepbus`` span with its planned ids and its whole
+    duration, under the upstream span it continues (if any)."""
+    if not task.sampled:
+        return
+    if task.parent_span_id is not None:
+        parent = SpanContext(
+            int(task.trace_id, 16),
+            int(task.parent_span_id, 16),
+            is_remote=True,
+            trace_flags=_flags(True),
+        )
+        ctx = trace.set_span_in_context(NonRecordingSpan(parent))
+    else:
+        ctx = otel_context.Context()
+    started = int(task.started_at.timestamp() * 1e9)
+    with fixed_ids(int(task.trace_id, 16), int(task.span_id, 16)):
+        span: Span = tracer.start_span(
+            "invoke_agent stepbus",
+            context=ctx,
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            links=links,
+            start_time=min(started, ended_at_ns),
+        )
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, error))
+    span.end(end_time=ended_at_ns)

@@ -14,6 +14,7 @@ from .health import serve_health
 from .processor import PartitionListener, Processor, Route
 from .publisher import EventPublisher
 from .settings import ServiceSettings
+from .telemetry import shutdown_telemetry
 
 __all__ = ["run_worker", "service_processor", "service_publisher"]
 
@@ -128,4 +129,5 @@ async def run_worker(
             server.close()
         with contextlib.suppress(Exception):
             await publisher.stop()
+        await asyncio.to_thread(shutdown_telemetry)
         log.info("%s stopped", processor.name)

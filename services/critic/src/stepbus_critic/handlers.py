@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from opentelemetry import trace
+from opentelemetry.trace import Span, StatusCode
 from stepbus_contracts import (
     MAX_DURATION_MS,
     MAX_FEEDBACK_LENGTH,
@@ -31,6 +33,7 @@ from stepbus_contracts import (
     derive_id,
 )
 from stepbus_runtime import Emit, RecordContext, RetryableError, clip
+from stepbus_runtime.genai import count_tokens
 from stepbus_runtime.metrics import DROPPED_RECORDS
 
 from .metrics import CRITIQUES, JUDGE_SECONDS, SCORES
@@ -46,6 +49,7 @@ from .rubric import (
 __all__ = ["JUDGE_ATTEMPTS", "SOURCE", "CriticHandlers"]
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("stepbus.critic")
 
 SOURCE = "urn:stepbus:critic"
 JUDGE_ATTEMPTS = 2
@@ -87,24 +91,42 @@ class CriticHandlers:
         if self._too_late(event):
             return []
         started = time.perf_counter()
-        try:
-            answer = await self._critique(event, context, started)
-        except RetryableError:
-            raise
-        except Exception as exc:  # a bug must not dead-letter the request: the task waits
-            log.exception("critique of %s failed", clip(event.subject, 80))
-            answer = self._failed(
-                event,
-                "model_error",
-                f"critic error: {type(exc).__name__}",
-                TokenUsage(),
-                self._judge.model,
-                0,
-                started,
-            )
+        data = event.data
+        with _tracer.start_as_current_span(
+            f"critique {data.kind}",
+            attributes={
+                "stepbus.critic.kind": data.kind,
+                "stepbus.step": data.step,
+                "stepbus.critic.round": data.round,
+            },
+        ) as span:
+            try:
+                answer = await self._critique(event, context, started)
+            except RetryableError:
+                raise
+            except Exception as exc:  # a bug must not dead-letter the request: the task waits
+                log.exception("critique of %s failed", clip(event.subject, 80))
+                answer = self._failed(
+                    event,
+                    "model_error",
+                    f"critic error: {type(exc).__name__}",
+                    TokenUsage(),
+                    self._judge.model,
+                    0,
+                    started,
+                )
+            _describe(span, answer)
         if self._too_late(event):  # the planner recorded a timeout meanwhile: first one wins
             return []
-        return [Emit(self._topics.planner_history, answer)]
+        verdict = answer.data
+        model = verdict.model or self._judge.model
+
+        def counted() -> None:  # once the verdict is recorded: a redone critique counts once
+            count_tokens(
+                "critic", model, verdict.usage.prompt_tokens, verdict.usage.completion_tokens
+            )
+
+        return [Emit(self._topics.planner_history, answer, on_acked=counted)]
 
     async def _critique(
         self, request: CritiqueRequested, context: RecordContext, started: float
@@ -240,6 +262,22 @@ class CriticHandlers:
         DROPPED_RECORDS.labels("critic", topic, "critique_too_late").inc()
         CRITIQUES.labels(request.data.kind, "too_late").inc()
         return True
+
+
+def _describe(span: Span, answer: CritiqueCompleted | CritiqueFailed) -> None:
+    """The verdict on the critique's span."""
+    if not span.is_recording():
+        return
+    data = answer.data
+    if isinstance(data, CritiqueCompletedData):
+        if data.score is not None:
+            span.set_attribute("stepbus.critic.score", data.score)
+        if data.approved is not None:
+            span.set_attribute("stepbus.critic.approved", data.approved)
+        span.set_attribute("stepbus.critic.attempts", data.attempts)
+    else:
+        span.set_attribute("stepbus.critic.failure", data.reason)
+        span.set_status(StatusCode.ERROR, data.reason)
 
 
 def _verdict_id(request: CritiqueRequested) -> str:

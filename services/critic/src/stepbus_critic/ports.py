@@ -37,6 +37,7 @@ class JudgeReply:
     text: str
     usage: TokenUsage = field(default_factory=TokenUsage)
     model: str = ""
+    finish_reason: str | None = None
 
 
 class Judge(Protocol):

@@ -262,7 +262,7 @@ class ProjectionRebuilder:
             if not quiet:
                 log.warning("rebuild skips %s[%d]@%d (dead-lettered when first read): %s",
                             record.topic, record.partition, record.offset, clip(exc))  # fmt: skip
-            RECORDS.labels("gateway-rebuild", record.topic, "skipped").inc()
+            RECORDS.labels("gateway-rebuild", record.topic, "undecodable", "skipped").inc()
             return None
 
     async def _resolve(self, value: bytes | None) -> bytes | None:

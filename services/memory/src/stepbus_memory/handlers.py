@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from opentelemetry import trace
+from opentelemetry.trace import Span, StatusCode
 from stepbus_contracts import (
     CloudEvent,
     MemoryDocumentAdded,
@@ -42,12 +44,14 @@ from .journal import (
     item_key,
     session_key,
 )
+from .metrics import RECALL_HITS, RECALL_SECONDS, RECALLS
 from .ports import Embedder, LongTermStore, MemoryItem, Scope
 from .sessions import SessionMemory
 
 __all__ = ["MemoryHandlers", "memory_id"]
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("stepbus.memory")
 
 _SOURCE = "urn:stepbus:memory"
 _ID_NAMESPACE = uuid.UUID("8d3b2f1e-4c5a-4b7e-9f60-2a1d3c4e5f60")
@@ -130,13 +134,34 @@ class MemoryHandlers:
             return await self._remember([item], event)
         if self._too_late(event):
             return []
-        try:
-            answer = await self._recall(event)
-        except _TooLate:
-            return []
+        with _tracer.start_as_current_span(
+            "recall memory",
+            attributes={
+                "stepbus.memory.limit": event.data.limit,
+                "stepbus.memory.session": bool(event.data.session_id),
+            },
+        ) as span:
+            started = time.perf_counter()
+            try:
+                answer = await self._recall(event)
+            except _TooLate:
+                span.set_attribute("stepbus.memory.status", "too_late")
+                return []
+            _describe(span, answer.data)
         if self._too_late(event):  # the planner recorded a timeout meanwhile: first one wins
             return []
-        return [Emit(self._topics.planner_history, answer)]
+        recall = answer.data
+        seconds = time.perf_counter() - started
+
+        def counted() -> None:  # once the answer is recorded: a redelivery counts once
+            if recall.status != "recalled":
+                RECALLS.labels("failed").inc()
+                return
+            RECALLS.labels("ok" if recall.hits or recall.turns else "empty").inc()
+            RECALL_HITS.observe(len(recall.hits))
+            RECALL_SECONDS.observe(seconds)
+
+        return [Emit(self._topics.planner_history, answer, on_acked=counted)]
 
     def _too_late(self, request: MemoryRecallRequested) -> bool:
         """Whether nobody waits for this recall any more (its task went on without memory)."""
@@ -356,3 +381,18 @@ class MemoryHandlers:
             )
             for item, t in zip(items, texts, strict=True)
         ]
+
+
+def _describe(span: Span, recall: MemoryRecalledData) -> None:
+    """What a recall found, on its span (the ids and scores, never the texts)."""
+    if not span.is_recording():
+        return
+    span.set_attribute("stepbus.memory.status", recall.status)
+    span.set_attribute("stepbus.memory.turns", len(recall.turns))
+    span.set_attribute("stepbus.memory.hits", len(recall.hits))
+    if recall.hits:
+        span.set_attribute("stepbus.memory.top_score", max(hit.score for hit in recall.hits))
+        span.set_attribute("stepbus.memory.hit_ids", [hit.id for hit in recall.hits])
+        span.set_attribute("stepbus.memory.scores", [hit.score for hit in recall.hits])
+    if recall.status != "recalled":
+        span.set_status(StatusCode.ERROR, recall.status)

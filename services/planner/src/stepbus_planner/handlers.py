@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Literal
 
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanContext, TraceFlags
 from pydantic import ValidationError
 from stepbus_contracts import (
     MAX_DRAFT_LENGTH,
@@ -60,9 +64,30 @@ from stepbus_contracts import (
     idempotency_key,
 )
 from stepbus_runtime import Emit, PermanentError, RecordContext, RetryableError, clip
+from stepbus_runtime.genai import count_tokens
+from stepbus_runtime.logfmt import log_context
 from stepbus_runtime.metrics import DROPPED_RECORDS
+from stepbus_runtime.tracing import (
+    REPLAY,
+    STEP,
+    TASK_ID,
+    TENANT,
+    derived_span_id,
+    fixed_ids,
+    record_root_span,
+    task_context,
+    task_trace,
+    trace_headers,
+)
 
 from .catalog import ToolCatalog
+from .metrics import (
+    REPLAYED_STEPS,
+    STEP_SECONDS,
+    TASK_SECONDS,
+    TASKS_ACCEPTED,
+    TASKS_FINISHED,
+)
 from .ports import ChatModel, EventIds, EventIdsUnavailable, ModelError, ModelTurn
 from .react import (
     SYSTEM_PROMPT,
@@ -85,6 +110,7 @@ from .trust import owner, refusal
 __all__ = ["PlannerHandlers"]
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("stepbus.planner")
 
 _SOURCE = "urn:stepbus:planner"
 _RECORD, _EFFECT = 0, 1
@@ -231,6 +257,13 @@ class PlannerHandlers:
                     metadata=task.metadata,
                     submitted_id=event.id,
                     model=self._model.model,
+                    trace=task_trace(
+                        event.subject,
+                        event.id,
+                        context.trace_parent,
+                        self._clock(),
+                        sampled=trace.get_current_span().is_recording(),
+                    ),
                 )
             except ValidationError as exc:  # e.g. `tools: null` resolved to too many tools
                 fields = sorted({".".join(map(str, e["loc"])) for e in exc.errors()})
@@ -430,21 +463,104 @@ class PlannerHandlers:
         state, changed = fold(state, event)
         if not changed:
             return []  # duplicate (e.g. a decision this planner folded when it made it)
+        if isinstance(event, TaskAccepted):
+            TASKS_ACCEPTED.inc()
+        if state.task is None or state.task.trace is None:
+            return await self._advance(state, event, context)
+        with self._step_span(state, event, context):
+            return _traced(await self._advance(state, event, context))
+
+    @contextlib.contextmanager
+    def _step_span(
+        self, state: TaskState, event: HistoryEventT, context: RecordContext
+    ) -> Iterator[Span]:
+        """The span of one move of a task, a child of the task's root span.
+
+        Its id derives from the event it handles, so a redelivery of that event after a crash
+        (the record was in the journal's tail when this replica took the partition over) gets
+        a span of its own that links to the original and is marked ``stepbus.replay``. So does
+        a decision read back from the journal that this replica did not make: its effects are
+        redone here, and its record's trace context is the span that made it.
+        """
+        assert state.task is not None and state.task.trace is not None
+        root = state.task.trace
+        trace_id = int(root.trace_id, 16)
+        original = SpanContext(
+            trace_id,
+            derived_span_id(state.task_id, event.id, "step"),
+            is_remote=True,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED if root.sampled else TraceFlags.DEFAULT),
+        )
+        links = []
+        redone = self._store.redelivered(context.partition, context.offset)
+        if isinstance(event, LlmDecided):
+            redone = True  # folded here for the first time: another replica made it
+            if context.trace_parent is not None:
+                original = context.trace_parent
+        elif context.trace_parent is not None:
+            links.append(Link(context.trace_parent, {"stepbus.link": "cause"}))
+        attributes: dict[str, str | int | bool] = {
+            TASK_ID: state.task_id,
+            TENANT: state.tenant,
+            STEP: max(state.step, 0),
+            "cloudevents.event_type": event.type,
+        }
+        ids: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if redone:
+            attributes[REPLAY] = True
+            links.append(Link(original, {"stepbus.link": "original"}))
+            REPLAYED_STEPS.labels("planner").inc()
+        else:
+            ids = fixed_ids(trace_id, original.span_id)
+        with ids:
+            span = _tracer.start_span(
+                f"step {max(state.step, 0)}",
+                context=task_context(root),
+                links=links,
+                attributes=attributes,
+            )
+        with trace.use_span(span, end_on_exit=True), log_context(step=max(state.step, 0)):
+            yield span
+
+    async def _advance(
+        self, state: TaskState, event: HistoryEventT, context: RecordContext
+    ) -> list[Emit]:
+        """Make the next move of a task whose state just folded ``event``."""
         outputs = [Emit(self._topics.results, p) for p in _progress(event)]
         cause: CloudEvent = event
         move = next_move(state, event, self._clock())
+        span = trace.get_current_span()
         if isinstance(move, AskModel):
+            span.update_name(f"step {move.step}")
+            span.set_attribute(STEP, move.step)
             decided = await self._ask_model(state, event, move.step, context)
             if decided == "interrupted":
                 return []  # by a cancellation, which is handled next
             if isinstance(decided, TaskFailed):
                 return [*outputs, *self._end(state, context.partition, decided)]
             if decided == "recorded":  # on the journal already: moved on when it arrives
+                span.set_attribute(REPLAY, True)
+                REPLAYED_STEPS.labels("planner").inc()
                 return [*outputs, *self._store.put(state, context.partition)]
             state, _ = fold(state, decided)
-            outputs.append(Emit(self._topics.planner_history, decided, stage=_RECORD))
+            outputs.append(
+                Emit(
+                    self._topics.planner_history,
+                    decided,
+                    stage=_RECORD,
+                    on_acked=self._counter(decided, event),
+                )
+            )
             outputs.extend(Emit(self._topics.results, p, stage=_EFFECT) for p in _progress(decided))
             cause, move = decided, next_move(state, decided, self._clock())
+        elif isinstance(move, Recall):
+            span.update_name("recall")
+        elif isinstance(move, Judge):
+            span.update_name(f"judge step {move.step}")
+        elif isinstance(move, Dispatch):
+            span.update_name(f"dispatch step {move.step}")
+        elif isinstance(move, Finish | Fail):
+            span.update_name("finish")
         if isinstance(move, Recall):
             outputs.append(self._recall(state, cause))
         elif isinstance(move, Judge):
@@ -455,6 +571,18 @@ class PlannerHandlers:
             terminal = self._terminal(state, cause, move)
             return [*outputs, *self._end(state, context.partition, terminal)]
         return [*outputs, *self._store.put(state, context.partition)]
+
+    def _counter(self, decided: LlmDecided, cause: CloudEvent) -> Callable[[], None]:
+        """What counts a decision once it is recorded: its tokens and its step's duration
+        (from the event that called for it)."""
+        usage, model = decided.data.usage, self._model.model
+        since = cause.time
+
+        def counted() -> None:
+            count_tokens("planner", model, usage.prompt_tokens, usage.completion_tokens)
+            STEP_SECONDS.observe(max(0.0, (self._clock() - since).total_seconds()))
+
+        return counted
 
     def _recall(self, state: TaskState, cause: CloudEvent) -> Emit:
         assert state.task is not None
@@ -854,9 +982,58 @@ class PlannerHandlers:
         snapshot = self._store.put(ended, partition)
         return [
             Emit(self._topics.planner_history, terminal, stage=_EFFECT),
-            Emit(self._topics.results, terminal, stage=_EFFECT),
+            Emit(
+                self._topics.results,
+                terminal,
+                stage=_EFFECT,
+                on_acked=self._ended(state, terminal),
+            ),
             *snapshot,
         ]
+
+    def _ended(
+        self, state: TaskState, terminal: TaskCompleted | TaskFailed | TaskCancelled
+    ) -> Callable[[], None]:
+        """What records a task's end once its terminal event is: the metrics, and the task's
+        root span (``invoke_agent stepbus``) over its whole life."""
+        task = state.task
+        if isinstance(terminal, TaskCompleted):
+            outcome, reason = "completed", ""
+        elif isinstance(terminal, TaskFailed):
+            outcome, reason = "failed", terminal.data.reason
+        else:
+            outcome, reason = "cancelled", ""
+        usage, steps = state.usage, len(state.decisions)
+
+        def recorded() -> None:
+            TASKS_FINISHED.labels(outcome, reason).inc()
+            if task is None or task.trace is None:
+                return
+            ended_at = self._clock()
+            TASK_SECONDS.labels(outcome).observe(
+                max(0.0, (ended_at - task.trace.started_at).total_seconds())
+            )
+            record_root_span(
+                _tracer,
+                task.trace,
+                {
+                    "gen_ai.operation.name": "invoke_agent",
+                    "gen_ai.agent.name": "stepbus",
+                    "gen_ai.provider.name": "openai",
+                    "gen_ai.request.model": task.model,
+                    "gen_ai.usage.input_tokens": usage.prompt_tokens,
+                    "gen_ai.usage.output_tokens": usage.completion_tokens,
+                    TASK_ID: state.task_id,
+                    TENANT: state.tenant,
+                    "stepbus.task.outcome": outcome,
+                    "stepbus.task.steps": steps,
+                    **({"stepbus.task.reason": reason} if reason else {}),
+                },
+                ended_at_ns=int(ended_at.timestamp() * 1e9),
+                error=reason or None,
+            )
+
+        return recorded
 
 
 def _envelope(cause: CloudEvent, *parts: object) -> dict[str, object]:
@@ -869,11 +1046,25 @@ def _envelope(cause: CloudEvent, *parts: object) -> dict[str, object]:
     }
 
 
+def _traced(outputs: list[Emit]) -> list[Emit]:
+    """``outputs`` carrying the current span's context, so what they cause is its child."""
+    headers = trace_headers()
+    if not headers:
+        return outputs
+    return [
+        emit if any(n == "traceparent" for n, _ in emit.headers) else replace(emit, headers=headers)
+        for emit in outputs
+    ]
+
+
 def _progress(event: HistoryEventT) -> list[TaskProgress]:
     """What a journal event shows on the public progress stream."""
     items: list[TaskProgressData] = []
     if isinstance(event, TaskAccepted):
-        items.append(TaskProgressData(step=0, stage="accepted", message="task accepted"))
+        trace_id = event.data.trace.trace_id if event.data.trace else None
+        items.append(
+            TaskProgressData(step=0, stage="accepted", message="task accepted", trace_id=trace_id)
+        )
     elif isinstance(event, MemoryRecalled):
         recall = event.data
         message = (

@@ -107,6 +107,7 @@ class TaskStates:
         self._partition: dict[str, int] = {}
         self._sealed: dict[str, int] = {}  # segments on the log, per running task
         self._recorded: dict[tuple[str, int], LlmDecidedData] = {}
+        self._tail_end: dict[int, int] = {}  # journal partition -> its end when it was taken over
 
     # -- state ---------------------------------------------------------------------------
 
@@ -227,6 +228,11 @@ class TaskStates:
         await publisher.send_raw(self._snapshots, None, task_id.encode(), [])
         del self._ended[task_id], self._partition[task_id]
 
+    def redelivered(self, partition: int, offset: int) -> bool:
+        """Whether a journal record was already there, past the committed offset, when this
+        replica took its partition over: the previous owner may have handled it."""
+        return offset < self._tail_end.get(partition, -1)
+
     def recorded_decision(self, task_id: str, step: int) -> bool:
         """True when a decision for ``step`` is on the journal past the committed offset."""
         return self._recorded.pop((task_id, step), None) is not None
@@ -258,6 +264,9 @@ class TaskStates:
             starts = {tp: history[tp.partition] for tp in tail}
             decisions = 0
             for record in await read_to_end(consumer, tail, starts):
+                self._tail_end[record.partition] = max(
+                    self._tail_end.get(record.partition, 0), record.offset + 1
+                )
                 decisions += self._remember(await resolve_or_skip(self._payloads, record))
         finally:
             await consumer.stop()
@@ -269,6 +278,8 @@ class TaskStates:
     async def revoked(self, partitions: set[TopicPartition]) -> None:
         """Forget the tasks of journal partitions no longer owned (their new owner restores)."""
         lost = {tp.partition for tp in partitions if tp.topic == self._history}
+        for partition in lost:
+            self._tail_end.pop(partition, None)
         for task_id in [t for t, p in self._partition.items() if p in lost]:
             self._states.pop(task_id, None)
             self._ended.pop(task_id, None)

@@ -14,9 +14,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import StatusCode
 from stepbus_contracts import (
     MAX_FACT_LENGTH,
     MAX_FLAGS,
@@ -41,13 +44,14 @@ from stepbus_contracts import (
 )
 from stepbus_runtime import Emit, RecordContext, clip
 from stepbus_runtime.metrics import DROPPED_RECORDS
+from stepbus_runtime.tracing import REPLAY
 
 from .audit import ExecutionLog
 from .guard import Verdict, narrowed, server_of, verdict
 from .injection import reasons, scan
 from .ledger import Ledger
 from .mcp_config import SEPARATOR
-from .metrics import FLAGGED_OUTPUTS, POLICY_DECISIONS, POLICY_SECONDS
+from .metrics import FLAGGED_OUTPUTS, POLICY_DECISIONS, POLICY_SECONDS, TOOL_CALLS, TOOL_SECONDS
 from .policy import Policy, allow_all
 from .registry import (
     CallContext,
@@ -63,6 +67,7 @@ __all__ = ["ToolCallHandler"]
 _SOURCE = "urn:stepbus:tool-executor"
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("stepbus.tool_executor")
 
 
 TRUNCATED_NOTE = "\n[stepbus: output truncated at {limit:,} of {size:,} characters]"
@@ -122,10 +127,47 @@ class ToolCallHandler:
             )  # fmt: skip
             DROPPED_RECORDS.labels("tool-executor", context.topic, "foreign_tenant").inc()
             return []
+        tool = self._registry.get(call.name)
+        label = tool.name if tool is not None else "unknown"  # bounded: the registry's names
+        with _tracer.start_as_current_span(
+            f"execute_tool {label}",
+            attributes={
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": call.name,
+                "gen_ai.tool.call.id": call.idempotency_key,
+                "gen_ai.tool.type": "extension" if server_of(tool) else "function",
+                "stepbus.step": call.step,
+            },
+        ) as span:
+            started = time.perf_counter()
+            outputs, outcome = await self._handle(command, context, tool)
+            if span.is_recording():
+                span.set_attribute("stepbus.tool.outcome", outcome)
+                if outcome == "replayed":
+                    span.set_attribute(REPLAY, True)
+                elif outcome not in ("ok", "held"):
+                    span.set_status(StatusCode.ERROR, outcome)
+        seconds = time.perf_counter() - started
+
+        def counted() -> None:  # once the outcome is recorded: a redelivery counts once
+            TOOL_CALLS.labels(label, outcome).inc()
+            if outcome not in ("replayed", "held", "denied"):
+                TOOL_SECONDS.labels(label).observe(seconds)
+
+        return [*outputs[:-1], replace(outputs[-1], on_acked=counted)] if outputs else []
+
+    async def _handle(
+        self, command: ToolCallRequested, context: RecordContext, tool: Tool | None
+    ) -> tuple[list[Emit], str]:
+        """The outputs of a call, and its outcome for the metrics (``ok``, ``error``,
+        ``timeout``, ``denied``, ``held``, ``replayed``)."""
+        call = command.data
         recorded = self._ledger.recorded(command.subject, call.idempotency_key)
         if recorded is not None:  # its memory request again too: the memory dedupes by key
-            return [*self._remembered(command, recorded), self._emit(command, recorded, True)]
-        tool = self._registry.get(call.name)
+            return [
+                *self._remembered(command, recorded),
+                self._emit(command, recorded, True),
+            ], "replayed"
         audit: list[Emit] = []
         refused = narrowed(call)
         if tool is None and refused is None:
@@ -134,7 +176,7 @@ class ToolCallHandler:
             decided = refused or self._decide(command, tool)
             audit.append(self._audited(command, tool, decided))
             if decided.decision in ("approval_required", "review_required"):
-                return [*audit, self._held(command, decided)]  # not recorded: it did not run
+                return [*audit, self._held(command, decided)], "held"  # not run: not recorded
             if decided.decision == "deny":
                 outcome = _failure(decided.reason, "denied")
             else:
@@ -148,7 +190,7 @@ class ToolCallHandler:
             *audit,
             *self._remembered(command, outcome),
             self._emit(command, outcome, False),
-        ]
+        ], _outcome(outcome)
 
     def _missing(self, name: str) -> dict[str, Any]:
         """The failure of a call to a tool that is not registered: ``unavailable`` when it
@@ -373,6 +415,14 @@ def _ref(call: ToolCallRequestedData) -> dict[str, Any]:
         "name": call.name,
         "idempotency_key": call.idempotency_key,
     }
+
+
+def _outcome(outcome: dict[str, Any]) -> str:
+    """The metric outcome of a ledger outcome."""
+    kind = outcome.get("error_type")
+    if "error" not in outcome:
+        return "ok"
+    return kind if kind in ("timeout", "denied") else "error"
 
 
 def _failure(error: str, error_type: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import openai
 from pydantic import BaseModel, ConfigDict, ValidationError
 from stepbus_contracts import TokenUsage
 from stepbus_runtime import clip
+from stepbus_runtime.genai import chat_span
 
 from ..ports import JudgeError, JudgeReply
 from ..settings import ResponseFormat
@@ -86,18 +87,29 @@ class OpenAIJudge:
             }
         elif mode == "json_object":
             body["response_format"] = {"type": "json_object"}
-        try:
-            # The client's low-level POST, as the planner's adapter does (ADR-13): the same
-            # auth, retries and typed errors as ``chat.completions.create``, one validation of
-            # the fields read instead of the SDK's generic response model.
-            raw = await self._client.post("/chat/completions", body=body, cast_to=bytes)
-        except (openai.APIConnectionError, openai.RateLimitError) as exc:  # timeouts included
-            raise JudgeError(f"{type(exc).__name__}: {exc}", retryable=True) from exc
-        except openai.APIStatusError as exc:
-            raise JudgeError(
-                f"HTTP {exc.status_code}: {exc.message}", retryable=exc.status_code >= 500
-            ) from exc
-        return parse_completion(raw, self.model)
+        with chat_span(
+            "critic", self.model, base_url=str(self._client.base_url), messages=body["messages"]
+        ) as call:
+            try:
+                # The client's low-level POST, as the planner's adapter does (ADR-13): the same
+                # auth, retries and typed errors as ``chat.completions.create``, one validation
+                # of the fields read instead of the SDK's generic response model.
+                raw = await self._client.post("/chat/completions", body=body, cast_to=bytes)
+            except (openai.APIConnectionError, openai.RateLimitError) as exc:  # timeouts too
+                raise JudgeError(f"{type(exc).__name__}: {exc}", retryable=True) from exc
+            except openai.APIStatusError as exc:
+                raise JudgeError(
+                    f"HTTP {exc.status_code}: {exc.message}", retryable=exc.status_code >= 500
+                ) from exc
+            reply = parse_completion(raw, self.model)
+            call.response(
+                model=reply.model,
+                finish_reason=reply.finish_reason,
+                input_tokens=reply.usage.prompt_tokens,
+                output_tokens=reply.usage.completion_tokens,
+                output=[{"content": reply.text}],
+            )
+        return reply
 
 
 def refuses_response_format(error: BaseException | None) -> bool:
@@ -120,6 +132,7 @@ class _Message(_Lenient):
 
 class _Choice(_Lenient):
     message: _Message
+    finish_reason: str | None = None
 
 
 class _Usage(_Lenient):
@@ -160,4 +173,5 @@ def parse_completion(raw: bytes, default_model: str) -> JudgeReply:
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
         ),
         model=completion.model or default_model,
+        finish_reason=completion.choices[0].finish_reason,
     )

@@ -7,6 +7,7 @@ from typing import Any
 import openai
 from pydantic import BaseModel, ConfigDict, ValidationError
 from stepbus_contracts import TokenUsage
+from stepbus_runtime.genai import chat_span
 
 from ..ports import ModelError, ModelToolCall, ModelTurn
 
@@ -35,6 +36,21 @@ class OpenAIChatModel:
         body: dict[str, Any] = {"model": self.model, "messages": messages}
         if tools:
             body["tools"] = tools
+        base_url = str(self._client.base_url)
+        with chat_span(
+            "planner", self.model, base_url=base_url, messages=messages, tools=len(tools)
+        ) as call:
+            turn = await self._post(body)
+            call.response(
+                model=turn.model,
+                finish_reason=turn.finish_reason,
+                input_tokens=turn.usage.prompt_tokens,
+                output_tokens=turn.usage.completion_tokens,
+                output=[{"content": turn.content, "tool_calls": [c.name for c in turn.tool_calls]}],
+            )
+        return turn
+
+    async def _post(self, body: dict[str, Any]) -> ModelTurn:
         try:
             # The client's low-level POST: the same request, auth, retries and typed errors as
             # ``chat.completions.create``, minus two costs measured under load (ADR-13): the
