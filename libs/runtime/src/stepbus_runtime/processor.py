@@ -512,7 +512,9 @@ class Processor:
             log.warning("%s: commit failed (%s)", self.name, clip(repr(exc)))
             return
         for tp, position in offsets.items():
-            self._offsets[tp].committed = position
+            tracker = self._offsets.get(tp)
+            if tracker is not None:  # revoked while the commit was in flight: not ours now
+                tracker.committed = position
         self._measure_lag()
 
     def _measure_lag(self) -> None:

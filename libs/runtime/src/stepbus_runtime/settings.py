@@ -37,6 +37,13 @@ class ServiceSettings(BaseSettings):
     max_in_flight: int = Field(default=512, ge=1, description="Records in flight per replica.")
     max_attempts: int = Field(default=5, ge=1, description="Handler attempts before the DLQ.")
     metrics_host: str = Field(default="127.0.0.1", description="Address of /metrics, /readyz.")
+    commit_interval_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        le=300,
+        description="Seconds between offset commits (records past the last commit are handled "
+        "again by the next owner after a crash).",
+    )
     claim_check_threshold_bytes: int = Field(
         default=256 * 1024,
         ge=1024,

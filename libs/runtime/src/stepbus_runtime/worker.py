@@ -52,6 +52,7 @@ def service_processor(
         max_in_flight=settings.max_in_flight,
         max_attempts=settings.max_attempts,
         group_instance_id=settings.group_instance_id,
+        commit_interval=settings.commit_interval_seconds,
         listener=listener,
         payloads=publisher.payloads,
     )

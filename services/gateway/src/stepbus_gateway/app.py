@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 from stepbus_runtime import ensure_topics, service_publisher
 
 from .access import AccessLog
@@ -137,7 +140,19 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
             )
             yield {"services": services}
 
-    middleware = [Middleware(AccessLog)]
+    table = routes()
+    middleware = [
+        # Server spans named by route template (never by a raw path: task ids are unbounded),
+        # continuing the caller's ``traceparent``; none for probes and scrapes, and none per
+        # ASGI message (an SSE stream would make one per event).
+        Middleware(
+            OpenTelemetryMiddleware,
+            excluded_urls="/healthz,/readyz,/metrics",
+            default_span_details=_span_details(table),
+            exclude_spans=["receive", "send"],
+        ),
+        Middleware(AccessLog),
+    ]
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         middleware.append(
@@ -151,8 +166,23 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
             )
         )
     return Starlette(
-        routes=routes(),
+        routes=table,
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=middleware,
     )
+
+
+def _span_details(table: list[BaseRoute]) -> Callable[[Scope], tuple[str, dict[str, str]]]:
+    """The server span's name and route for a request: ``GET /v1/tasks/{task_id}``."""
+
+    def details(scope: Scope) -> tuple[str, dict[str, str]]:
+        method = str(scope.get("method", "HTTP"))
+        for route in table:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                template = getattr(route, "path", None) or str(scope.get("path", ""))
+                return f"{method} {template}", {"http.route": template}
+        return method, {}
+
+    return details

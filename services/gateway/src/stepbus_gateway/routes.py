@@ -43,6 +43,7 @@ from stepbus_contracts import (
     derive_id,
 )
 from stepbus_runtime import Emit, EventPublisher, clip
+from stepbus_runtime.tracing import TASK_ID, TENANT, new_root
 
 from .auth import KeyRing, Principal
 from .bodies import read_json_body
@@ -301,11 +302,26 @@ async def submit_task(request: Request) -> Response:
         tenant=tenant,
         data=TaskSubmittedData.model_validate(data),
     )
+    # The task's trace starts here: a root planned now (continuing the caller's trace, if it
+    # sent one) and recorded by the planner when the task ends; this request's server span is
+    # linked, not the parent, so the task's trace is one tree under ``invoke_agent``.
+    server = trace.get_current_span()
+    server.set_attributes({TASK_ID: task_id, TENANT: tenant})
+    upstream = trace.get_current_span(propagate.extract(request.headers)).get_span_context()
+    root = new_root(upstream if upstream.is_valid else None, sampled=server.is_recording())
     with _tracer.start_as_current_span(
-        "submit task",
-        context=propagate.extract(request.headers),
+        f"send {services.settings.topics.tasks}",
+        context=trace.set_span_in_context(trace.NonRecordingSpan(root)),
         kind=trace.SpanKind.PRODUCER,
-        attributes={"stepbus.task_id": task_id, "stepbus.tenant": tenant},
+        links=[trace.Link(server.get_span_context())] if server.get_span_context().is_valid else [],
+        attributes={
+            TASK_ID: task_id,
+            TENANT: tenant,
+            "messaging.system": "kafka",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": services.settings.topics.tasks,
+            "messaging.message.id": event.id,
+        },
     ):
         try:
             await _publish(services, event)

@@ -25,6 +25,7 @@ from .adapters.openai_chat import OpenAIChatModel
 from .adapters.redis_event_ids import RedisEventIds
 from .catalog import ToolCatalog
 from .handlers import PlannerHandlers
+from .metrics import APPROVAL_OLDEST_WAIT, APPROVALS_WAITING, TASKS_IN_FLIGHT
 from .settings import PlannerSettings
 from .store import TaskStates
 
@@ -152,6 +153,9 @@ async def main(settings: PlannerSettings | None = None) -> None:
         critic_policy=settings.critic_policy(),
         critique_timeout_seconds=settings.critique_timeout_seconds,
     )
+    TASKS_IN_FLIGHT.set_function(lambda: float(sum(1 for _ in states.running())))
+    APPROVALS_WAITING.set_function(lambda: float(handlers.approvals_waiting()[0]))
+    APPROVAL_OLDEST_WAIT.set_function(lambda: handlers.approvals_waiting()[1])
     processor = service_processor(
         settings,
         name="planner",

@@ -180,6 +180,7 @@ class PlannerHandlers:
         self._system_prompt = system_prompt or SYSTEM_PROMPT
         self._llm_calls: dict[str, asyncio.Future[ModelTurn]] = {}
         self._cancelling: set[str] = set()  # tasks whose cancellation arrived, not yet handled
+        self._waiting_since: dict[str, float] = {}  # approval id -> first seen waiting
 
     # -- tasks topic ----------------------------------------------------------------------
 
@@ -261,7 +262,7 @@ class PlannerHandlers:
                         event.subject,
                         event.id,
                         context.trace_parent,
-                        self._clock(),
+                        _entered_at(event, self._clock()),
                         sampled=trace.get_current_span().is_recording(),
                     ),
                 )
@@ -330,6 +331,21 @@ class PlannerHandlers:
                 if now >= expires and hold.approval_id is not None:
                     overdue.append((state, hold.approval_id))
         return overdue
+
+    def approvals_waiting(self) -> tuple[int, float]:
+        """Approvals waiting now, and how long the oldest has waited in seconds (since this
+        replica first saw it waiting: after a restart, since the restart)."""
+        now = time.monotonic()
+        waiting = {
+            hold.approval_id
+            for state in self._store.running()
+            for hold in state.pending_approvals
+            if hold.approval_id is not None
+        }
+        for gone in set(self._waiting_since) - waiting:
+            del self._waiting_since[gone]
+        oldest = min((self._waiting_since.setdefault(a, now) for a in waiting), default=now)
+        return len(waiting), now - oldest
 
     async def approval_expired(self, task_id: str, tenant: str, approval_id: str) -> Sequence[Emit]:
         """Deny an approval nobody decided before its expiry (the model reads why)."""
@@ -461,8 +477,12 @@ class PlannerHandlers:
             self._refuse(event, context, problem)
             return []
         state, changed = fold(state, event)
-        if not changed:
-            return []  # duplicate (e.g. a decision this planner folded when it made it)
+        if not changed:  # duplicate (e.g. a decision this planner folded when it made it)
+            traced = state.task is not None and state.task.trace is not None
+            if traced and self._store.redelivered(context.partition, context.offset):
+                with self._step_span(state, event, context) as span:
+                    span.set_attribute("stepbus.replay.outcome", "already_recorded")
+            return []
         if isinstance(event, TaskAccepted):
             TASKS_ACCEPTED.inc()
         if state.task is None or state.task.trace is None:
@@ -1044,6 +1064,13 @@ def _envelope(cause: CloudEvent, *parts: object) -> dict[str, object]:
         "subject": cause.subject,
         "tenant": cause.tenant,
     }
+
+
+def _entered_at(event: TaskSubmitted, now: datetime) -> datetime:
+    """When a task entered stepbus, for its root span: the submission's time when it is
+    plausible (the last minute), else now (a producer's clock or a replayed submission must
+    not stretch the span over days)."""
+    return event.time if now - timedelta(minutes=1) <= event.time <= now else now
 
 
 def _traced(outputs: list[Emit]) -> list[Emit]:
