@@ -33,6 +33,9 @@ reference, whole."""
 POLICY = Path(__file__).with_name("policy.yaml")
 
 
+TRACE_URL_TEMPLATE = "http://jaeger.test:16686/trace/{trace_id}"
+
+
 @pytest.fixture(scope="module")
 async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
     files = LOGS / f"policy-{uuid.uuid4().hex[:8]}"
@@ -51,7 +54,11 @@ async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
             }
         )
     )
-    env = {"STEPBUS_MCP_CONFIG": str(config), "STEPBUS_POLICY_FILE": str(POLICY)}
+    env = {
+        "STEPBUS_MCP_CONFIG": str(config),
+        "STEPBUS_POLICY_FILE": str(POLICY),
+        "STEPBUS_TRACE_URL_TEMPLATE": TRACE_URL_TEMPLATE,  # the timeline's trace links
+    }
     async with running_stack(kafka_bootstrap, redis_url, env=env) as running:
         running.files = files  # type: ignore[attr-defined]
         yield running

@@ -236,6 +236,9 @@ async def test_the_timeline_follows_a_task_live_through_its_approval_and_hides_i
         assert "accepted" in timeline and "action · desk__write" in timeline, timeline
         assert "needs role ops" in timeline, timeline
         assert await page.evaluate("document.getElementById('timeline').ariaLive") == "polite"
+        # The task's trace id links to the configured trace viewer.
+        href = await page.evaluate("document.querySelector('#timeline a.trace').href")
+        assert re.fullmatch(r"http://jaeger\.test:16686/trace/[0-9a-f]{32}", href), href
         await page.screenshot("2-waiting")
 
         # A key of the tenant without the role: the gateway refuses, the page says why.

@@ -16,6 +16,7 @@ const RECONNECT_MS = 1000;
 const FOLD_AFTER = 160; // characters shown before long text is folded into <details>
 const TERMINAL = new Set(["stepbus.task.completed", "stepbus.task.failed", "stepbus.task.cancelled"]);
 const TRACEPARENT = /^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$/;
+const TRACE_ID = /^[0-9a-f]{32}$/;
 
 const $ = (id) => document.getElementById(id);
 
@@ -365,8 +366,14 @@ function completedNote(data) {
 }
 
 function traceLink(event) {
+  // The task's trace id is on its `accepted` progress event (data.trace_id); an event carrying
+  // a CloudEvents `traceparent` extension links to its own span.
   const template = config.trace_url_template;
-  const match = typeof event.traceparent === "string" && TRACEPARENT.exec(event.traceparent);
+  const data = event.data || {};
+  let match = typeof event.traceparent === "string" && TRACEPARENT.exec(event.traceparent);
+  if (!match && typeof data.trace_id === "string" && TRACE_ID.test(data.trace_id)) {
+    match = [null, data.trace_id, ""];
+  }
   if (!template || !match) return null;
   const href = template.replaceAll("{trace_id}", match[1]).replaceAll("{span_id}", match[2]);
   if (!/^https?:\/\//i.test(href)) return null; // never a javascript: or data: link
