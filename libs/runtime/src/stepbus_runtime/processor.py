@@ -512,9 +512,9 @@ class Processor:
             log.warning("%s: commit failed (%s)", self.name, clip(repr(exc)))
             return
         for tp, position in offsets.items():
-            tracker = self._offsets.get(tp)
-            if tracker is not None:  # revoked while the commit was in flight: not ours now
-                tracker.committed = position
+            owned = self._offsets.get(tp)
+            if owned is not None:  # revoked while the commit was in flight: not ours now
+                owned.committed = position
         self._measure_lag()
 
     def _measure_lag(self) -> None:
