@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -21,7 +22,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..harness import TopicReader, auth
+from ..harness import LOGS, REPO, TopicReader, auth
 from ..otlp import OtlpReceiver, Span
 from .conftest import Stack, running_stack
 from .test_task_flow import cloudevent, publish_plain, terminals
@@ -100,6 +101,36 @@ def _total(
     return sum(v for (n, ls), v in metrics.items() if n == name and wanted <= ls)
 
 
+def _keep(spans: list[Span], task_id: str) -> None:
+    """Save the trace as JSON beside the test logs; with ``STEPBUS_UPDATE_SCREENSHOT`` set,
+    also refresh the picture of it in ``docs/`` (``stepbus_devtools.trace_picture``)."""
+    rows = [
+        {
+            "trace_id": s.trace_id,
+            "span_id": s.span_id,
+            "parent_span_id": s.parent_span_id,
+            "name": s.name,
+            "kind": s.kind,
+            "service": s.service,
+            "start_ns": s.start_ns,
+            "end_ns": s.end_ns,
+            "attributes": s.attributes,
+            "links": [
+                {"trace_id": k.trace_id, "span_id": k.span_id, "attributes": k.attributes}
+                for k in s.links
+            ],
+            "status": s.status,
+        }
+        for s in spans
+    ]
+    path = LOGS / f"trace-{task_id}.json"
+    path.write_text(json.dumps(rows, indent=1, default=str))
+    if os.environ.get("STEPBUS_UPDATE_SCREENSHOT"):
+        from stepbus_devtools.trace_picture import render_png
+
+        render_png(rows, REPO / "docs" / "trace-example.png")
+
+
 async def _submit_via_gateway(stack: Stack, text: str) -> str:
     assert stack.gateway_url is not None
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=10) as client:
@@ -126,6 +157,7 @@ async def test_one_task_is_one_trace_across_all_five_services(
     spans = await _whole_trace(
         receiver, task_id, {"invoke_agent", "chat", "execute_tool", "recall", "critique", "send"}
     )
+    _keep(spans, task_id)
     ids = {s.span_id for s in spans}
     [root] = [s for s in spans if s.parent_span_id is None]
     assert root.name == "invoke_agent stepbus"

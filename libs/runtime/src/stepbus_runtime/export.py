@@ -17,6 +17,7 @@ import collections
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 
 from opentelemetry.context import Context
@@ -137,13 +138,17 @@ class BoundedExportProcessor(SpanProcessor):
             self._idle.set()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Export what is queued now; False when that took longer than ``timeout_millis``."""
+        """Have the export thread export what is queued now; False when that did not finish
+        within ``timeout_millis`` (the caller never exports itself, so never waits longer)."""
+        deadline = time.monotonic() + timeout_millis / 1000
         self._wake.set()
-        deadline = timeout_millis / 1000
-        if not self._idle.wait(deadline):
-            return False
-        self._drain()
-        return True
+        while time.monotonic() < deadline:
+            with self._lock:
+                empty = not self._queue
+            if empty and self._idle.is_set() and not self._wake.is_set():
+                return True
+            time.sleep(0.005)
+        return False
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Export what is queued, waiting at most ``timeout`` seconds, and stop the thread (a

@@ -128,7 +128,11 @@ def chat_span(
     started = time.perf_counter()
     outcome = "ok"
     with _tracer.start_as_current_span(
-        f"chat {model}", kind=SpanKind.CLIENT, attributes=attributes, record_exception=False
+        f"chat {model}",
+        kind=SpanKind.CLIENT,
+        attributes=attributes,
+        record_exception=False,  # the exception's text may quote the prompt: clipped below
+        set_status_on_exception=False,
     ) as span:
         if messages is not None and span.is_recording() and capture_content():
             span.set_attribute("gen_ai.input.messages", _json(messages))

@@ -42,7 +42,7 @@ from .deadletter import dead_letter
 from .errors import DecodeError, PermanentError
 from .logfmt import bind, reset
 from .logs import clip
-from .metrics import CONSUMER_LAG, IN_FLIGHT, RECORD_SECONDS, RECORDS
+from .metrics import CONSUMER_LAG, DLQ_RECORDS, IN_FLIGHT, RECORD_SECONDS, RECORDS
 from .offsets import PartitionOffsets
 from .publisher import Emit, EventPublisher
 from .tracing import extract_context
@@ -156,6 +156,8 @@ class Processor:
         self._listener = listener
         self._payloads = payloads
         self._group_id = group_id
+        for topic in routes:  # series exist from the start: an alert on increase() sees the 1st
+            DLQ_RECORDS.labels(name, topic)
         self._consumer = AIOKafkaConsumer(
             *routes,
             bootstrap_servers=bootstrap_servers,

@@ -25,7 +25,7 @@ import contextvars
 import hashlib
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -62,6 +62,7 @@ __all__ = [
     "task_context",
     "task_trace",
     "trace_headers",
+    "unix_nanos",
 ]
 
 TASK_ID = "stepbus.task.id"
@@ -75,7 +76,12 @@ Headers = list[tuple[str, bytes]]
 
 class _HeaderGetter(Getter[Sequence[tuple[str, bytes]]]):
     def get(self, carrier: Sequence[tuple[str, bytes]], key: str) -> list[str] | None:
-        values = [value.decode(errors="replace") for name, value in carrier if name == key]
+        # A header may have a null value (a crafted record): it carries no context.
+        values = [
+            value.decode(errors="replace")
+            for name, value in carrier
+            if name == key and isinstance(value, bytes)
+        ]
         return values or None
 
     def keys(self, carrier: Sequence[tuple[str, bytes]]) -> list[str]:
@@ -94,6 +100,7 @@ _SETTER = _HeaderSetter()
 # per record and stepbus carries no baggage.
 _PROPAGATOR = TraceContextTextMapPropagator()
 _STATE_KEY = "stepbus"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def extract_context(headers: Iterable[tuple[str, bytes]] | None) -> otel_context.Context:
@@ -144,6 +151,8 @@ def new_root(upstream: SpanContext | None, *, sampled: bool = True) -> SpanConte
         value = f"r{span_id:016x}"
         trace_id, flags, state = random.getrandbits(128) or 1, _flags(sampled), TraceState()
     state = state.delete(_STATE_KEY) if _STATE_KEY in state else state
+    while len(state) >= 32:  # full (W3C's limit): drop the rightmost entry to make room
+        state = state.delete(list(state.keys())[-1])
     return SpanContext(
         trace_id,
         span_id,
@@ -232,6 +241,11 @@ def fixed_id_override() -> tuple[int, int] | None:
     return _FIXED.get()
 
 
+def unix_nanos(moment: datetime) -> int:
+    """``moment`` in nanoseconds since the epoch, exactly (no float rounding)."""
+    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
 def record_root_span(
     tracer: trace.Tracer,
     task: TaskTrace,
@@ -255,7 +269,7 @@ def record_root_span(
         ctx = trace.set_span_in_context(NonRecordingSpan(parent))
     else:
         ctx = otel_context.Context()
-    started = int(task.started_at.timestamp() * 1e9)
+    started = unix_nanos(task.started_at)
     with fixed_ids(int(task.trace_id, 16), int(task.span_id, 16)):
         span: Span = tracer.start_span(
             "invoke_agent stepbus",

@@ -78,6 +78,7 @@ from stepbus_runtime.tracing import (
     task_context,
     task_trace,
     trace_headers,
+    unix_nanos,
 )
 
 from .catalog import ToolCatalog
@@ -1049,7 +1050,7 @@ class PlannerHandlers:
                     "stepbus.task.steps": steps,
                     **({"stepbus.task.reason": reason} if reason else {}),
                 },
-                ended_at_ns=int(ended_at.timestamp() * 1e9),
+                ended_at_ns=unix_nanos(ended_at),
                 error=reason or None,
             )
 
