@@ -46,7 +46,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "stepbus_records_dropped_total": ("counter", ("service", "topic", "reason")),
     "stepbus_consumer_lag_records": ("gauge", ("service", "topic", "partition")),
     "stepbus_trace_spans_exported_total": ("counter", ("service",)),
-    "stepbus_trace_spans_dropped_total": ("counter", ("service",)),
+    "stepbus_trace_spans_dropped_total": ("counter", ("service", "reason")),
     "stepbus_tasks_accepted_total": ("counter", ()),
     "stepbus_tasks_finished_total": ("counter", ("outcome", "reason")),
     "stepbus_task_duration_seconds": ("histogram", ("outcome",)),
