@@ -62,6 +62,7 @@ eval-memory: deps
 
 bench: up
 	$(PY) -m stepbus_devtools.bench $(BENCH_ARGS)
+	$(PY) -m stepbus_devtools.tracing_bench $(TRACING_BENCH_ARGS)
 	$(PY) -m stepbus_devtools.memory_bench $(MEMORY_BENCH_ARGS)
 	$(PY) -m stepbus_devtools.mcp_bench
 	$(PY) -m stepbus_devtools.policy_bench
