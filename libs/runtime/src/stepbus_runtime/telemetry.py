@@ -129,22 +129,6 @@ def setup_telemetry(service_name: str) -> None:
     if exporter is not None:
         provider.add_span_processor(BoundedExportProcessor(exporter, service_name))
     trace.set_tracer_provider(provider)
-    if exporter is not None:
-        _instrument_redis()
-
-
-def _instrument_redis() -> None:
-    """Spans for Redis commands (session memory, the gateway's projection, event ids), from
-    the OpenTelemetry instrumentation package; only when spans are exported (each command's
-    span costs tens of microseconds)."""
-    try:
-        from opentelemetry.instrumentation.redis import RedisInstrumentor
-
-        instrumentor = RedisInstrumentor()
-        if not instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.instrument()
-    except Exception as exc:  # an instrumentation problem must not stop the service
-        log.warning("Redis instrumentation unavailable: %r", exc)
 
 
 def shutdown_telemetry() -> None:

@@ -80,7 +80,9 @@ class ResultsFeed:
             # The group has this replica alone: as a static member, a restarted gateway takes
             # its partitions back at once instead of waiting out the dead member's session.
             group_instance_id=group_id,
-            routes={topic: Route(results_adapter, self._handle)},
+            # Results end their journey here: no span per record (a quarter of a task's spans,
+            # measured), the SSE subscribers are not part of the task's work.
+            routes={topic: Route(results_adapter, self._handle, traced=False)},
             publisher=publisher,
             dlq_topic=dlq_topic,
             payloads=publisher.payloads,
