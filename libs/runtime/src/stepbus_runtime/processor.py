@@ -45,7 +45,7 @@ from .logs import clip
 from .metrics import CONSUMER_LAG, DLQ_RECORDS, IN_FLIGHT, RECORD_SECONDS, RECORDS
 from .offsets import PartitionOffsets
 from .publisher import Emit, EventPublisher
-from .tracing import extract_context
+from .tracing import extract_context, is_own_span
 
 __all__ = ["Handler", "PartitionListener", "Processor", "RecordContext", "Route"]
 
@@ -348,7 +348,10 @@ class Processor:
         outcome = "ok"
         ctx = extract_context(record.headers)
         token = bind(task_id=_key(record), tenant=getattr(decoded, "tenant", None))
-        if route.traced:
+        parent = _span_context(ctx)
+        # A record this process published itself, read back (a decision on the planner's
+        # journal), is not new work: its context flows, no span is recorded for it.
+        if route.traced and not (parent is not None and is_own_span(parent.span_id)):
             started_span = _tracer.start_span(
                 f"process {record.topic}", context=ctx, kind=trace.SpanKind.CONSUMER
             )
@@ -360,7 +363,7 @@ class Processor:
             try:
                 if isinstance(decoded, Exception):
                     raise decoded
-                outputs = await self._handle(route, decoded, record, _span_context(ctx))
+                outputs = await self._handle(route, decoded, record, parent)
                 await self._publish(outputs)
             except asyncio.CancelledError:
                 raise

@@ -20,6 +20,7 @@ the task outlives any one of them.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import hashlib
@@ -57,7 +58,9 @@ __all__ = [
     "fixed_ids",
     "header_span_context",
     "inject_context",
+    "is_own_span",
     "new_root",
+    "note_own_span",
     "record_root_span",
     "task_context",
     "task_trace",
@@ -118,6 +121,23 @@ def inject_context(headers: Headers, ctx: otel_context.Context | None = None) ->
     """Add ``traceparent`` (and ``tracestate``) for ``ctx`` or the current context."""
     _PROPAGATOR.inject(headers, context=ctx, setter=_SETTER)
     return headers
+
+
+_OWN: collections.OrderedDict[int, None] = collections.OrderedDict()
+_OWN_LIMIT = 65_536
+
+
+def note_own_span(span_id: int) -> None:
+    """Remember that this process made the span ``span_id`` (whose context its outputs carry),
+    so a record of its own read back (a decision on the planner's journal) is known as such."""
+    _OWN[span_id] = None
+    if len(_OWN) > _OWN_LIMIT:
+        _OWN.popitem(last=False)
+
+
+def is_own_span(span_id: int) -> bool:
+    """Whether this process made the span ``span_id`` recently (``note_own_span``)."""
+    return span_id in _OWN
 
 
 def trace_headers() -> tuple[tuple[str, bytes], ...]:

@@ -74,6 +74,7 @@ from stepbus_runtime.tracing import (
     TENANT,
     derived_span_id,
     fixed_ids,
+    note_own_span,
     record_root_span,
     task_context,
     task_trace,
@@ -540,6 +541,7 @@ class PlannerHandlers:
                 links=links,
                 attributes=attributes,
             )
+        note_own_span(span.get_span_context().span_id)  # its outputs, read back, are ours
         with trace.use_span(span, end_on_exit=True), log_context(step=max(state.step, 0)):
             yield span
 
