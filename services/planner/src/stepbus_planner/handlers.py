@@ -525,6 +525,13 @@ class PlannerHandlers:
             TASK_ID: state.task_id,
             TENANT: state.tenant,
             STEP: max(state.step, 0),
+            # It is the record's processing span too (the journal's route records no other).
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": context.topic,
+            "messaging.destination.partition.id": str(context.partition),
+            "messaging.kafka.offset": context.offset,
+            "messaging.message.id": event.id,
             "cloudevents.event_type": event.type,
         }
         ids: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
@@ -538,6 +545,7 @@ class PlannerHandlers:
             span = _tracer.start_span(
                 f"step {max(state.step, 0)}",
                 context=task_context(root),
+                kind=trace.SpanKind.CONSUMER,
                 links=links,
                 attributes=attributes,
             )
