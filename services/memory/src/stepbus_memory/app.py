@@ -95,8 +95,10 @@ async def main(settings: MemorySettings | None = None) -> None:
         name="memory",
         group_id=f"{settings.group_id}-store",
         routes={
-            topics.results: Route(results_adapter, handlers.on_result),
-            topics.tasks: Route(tasks_adapter, handlers.on_task),
+            # Every result and task command passes by; few are remembered (a finished task, a
+            # memory command): no span per record, the recall is the memory's traced work.
+            topics.results: Route(results_adapter, handlers.on_result, traced=False),
+            topics.tasks: Route(tasks_adapter, handlers.on_task, traced=False),
         },
         publisher=publisher,
     )
