@@ -45,6 +45,9 @@ class StepbusIdGenerator(RandomIdGenerator):
         return fixed[0] if fixed else super().generate_trace_id()
 
 
+_TASK_FIELDS = (("task_id", TASK_ID), ("tenant", TENANT), ("step", STEP))
+
+
 class TaskAttributes(SpanProcessor):
     """Puts ``stepbus.task.id``, ``stepbus.tenant`` and ``stepbus.step`` on every span started
     while a record of a task is handled (the fields ``logfmt.log_context`` binds), so any span
@@ -55,10 +58,14 @@ class TaskAttributes(SpanProcessor):
         fields = bound_fields()
         if not fields or not span.is_recording():
             return
-        for key, name in (("task_id", TASK_ID), ("tenant", TENANT), ("step", STEP)):
-            value = fields.get(key)
-            if isinstance(value, str | int) and name not in (span.attributes or {}):
-                span.set_attribute(name, value)
+        given = span.attributes or {}
+        found = {
+            name: value
+            for key, name in _TASK_FIELDS
+            if isinstance(value := fields.get(key), str | int) and name not in given
+        }
+        if found:
+            span.set_attributes(found)  # once: each call takes the span's lock
 
 
 def span_exporter() -> SpanExporter | None:
