@@ -66,7 +66,7 @@ class ScriptedModel:
         self.calls: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = []
 
     async def complete(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], **_: Any
     ) -> ModelTurn:
         self.calls.append((copy.deepcopy(messages), copy.deepcopy(tools)))
         assert self._script, "the model was called more often than scripted"

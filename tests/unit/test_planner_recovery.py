@@ -100,7 +100,7 @@ async def test_a_cancellation_interrupts_a_running_llm_call() -> None:
         model = "slow"
         calls: list[Any] = []
 
-        async def complete(self, messages: Any, tools: Any) -> ModelTurn:
+        async def complete(self, messages: Any, tools: Any, **_: Any) -> ModelTurn:
             self.calls.append(messages)
             started.set()
             await asyncio.sleep(30)
@@ -132,7 +132,7 @@ async def test_a_slow_llm_call_is_cut_at_the_deadline() -> None:
     class SlowModel:
         model = "slow"
 
-        async def complete(self, messages: Any, tools: Any) -> ModelTurn:
+        async def complete(self, messages: Any, tools: Any, **_: Any) -> ModelTurn:
             await asyncio.sleep(30)
             return tool_turn(calc("17 * 23"))
 

@@ -83,7 +83,7 @@ async def test_a_cancellation_from_another_tenant_neither_interrupts_nor_cancels
     class SlowModel:
         model = "slow"
 
-        async def complete(self, messages: Any, tools: Any) -> ModelTurn:
+        async def complete(self, messages: Any, tools: Any, **_: Any) -> ModelTurn:
             started.set()
             await asyncio.sleep(0.2)
             return ModelTurn(content="done")

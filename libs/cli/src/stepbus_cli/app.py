@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from importlib.metadata import entry_points
 from typing import Annotated, Any, NoReturn
 
 import httpx
@@ -18,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["app", "main"]
+__all__ = ["app", "load_plugins", "main"]
 
 app = typer.Typer(
     help="stepbus: durable LLM agents on Kafka. Submit tasks, follow them, decide approvals.",
@@ -311,6 +312,28 @@ def forget(
     _print_json(answer) if as_json else out.print(f"forgetting session {session}")
 
 
+PLUGINS = "stepbus.cli"
+"""Entry-point group of commands other packages add (the planner adds ``replay`` and
+``export``): each names a ``register(app)`` function."""
+
+
+def load_plugins(target: typer.Typer = app) -> list[str]:
+    """Register the commands of the installed ``stepbus.cli`` plugins; their names.
+
+    A plugin that fails to load is reported and skipped: the gateway commands still work.
+    """
+    loaded = []
+    for entry in entry_points(group=PLUGINS):
+        try:
+            entry.load()(target)
+        except Exception as exc:  # a broken plugin must not take the CLI down
+            err.print(f"stepbus: the {entry.name!r} commands are unavailable: {exc}")
+            continue
+        loaded.append(entry.name)
+    return loaded
+
+
 def main() -> None:
     """The ``stepbus`` console script."""
+    load_plugins()
     app()

@@ -1,6 +1,6 @@
 """What stepbus services share at run time: the Kafka processor, settings and telemetry."""
 
-from .admin import ensure_topics, topic_partitions
+from .admin import delete_namespace, ensure_topics, topic_partitions
 from .claimcheck import ClaimCheckError, PayloadRef, PayloadStore
 from .codec import decode, encode
 from .deadletter import dead_letter
@@ -36,6 +36,7 @@ __all__ = [
     "clip",
     "dead_letter",
     "decode",
+    "delete_namespace",
     "encode",
     "ensure_topics",
     "extract_context",

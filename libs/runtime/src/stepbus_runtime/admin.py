@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.protocol.admin import DeleteGroupsRequest
 from stepbus_contracts import Topics, TopicSpec
 
-__all__ = ["ensure_topics", "topic_partitions"]
+__all__ = ["delete_namespace", "ensure_topics", "topic_partitions"]
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +23,18 @@ async def ensure_topics(
     *,
     replication_factor: int = 1,
     wait_seconds: float = 60.0,
+    partitions: int | None = None,
 ) -> None:
     """Create every topic of the catalog that does not exist yet; existing ones are kept.
 
     Returns once every topic's partitions all have a leader — a topic that another service has
     just created may be listed before it can be read — and retries while the broker is
-    unreachable, up to ``wait_seconds``.
+    unreachable, up to ``wait_seconds``. ``partitions`` overrides the catalog's partition
+    counts (a replay's short-lived namespace needs one per topic).
     """
+    specs = topics.specs()
+    if partitions is not None:
+        specs = [(name, replace(spec, partitions=partitions)) for name, spec in specs]
     deadline = asyncio.get_running_loop().time() + wait_seconds
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
@@ -41,7 +48,7 @@ async def ensure_topics(
                     replication_factor=replication_factor,
                     topic_configs=spec.configs,
                 )
-                for name, spec in topics.specs()
+                for name, spec in specs
                 if name not in existing
             ]
             if missing:
@@ -51,7 +58,7 @@ async def ensure_topics(
                     response = None  # another service created them first
                 _raise_refusals(response)
                 log.info("created topics %s", [t.name for t in missing])
-            if await _all_led(admin, dict(topics.specs())):
+            if await _all_led(admin, dict(specs)):
                 return
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"topics have no leaders after {wait_seconds:.0f}s")
@@ -113,3 +120,27 @@ async def topic_partitions(bootstrap_servers: str, *topics: str) -> list[TopicPa
         if topic["error_code"] == 0
         for partition in sorted(topic["partitions"], key=lambda p: p["partition"])
     ]
+
+
+async def delete_namespace(bootstrap_servers: str, topics: Topics, groups: list[str]) -> None:
+    """Delete every topic of a namespace and its consumer groups (what a replay made).
+
+    Topics that do not exist are skipped. A group still with members, or already gone, is
+    left to the broker (an empty group expires with its offsets).
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        names = [name for name, _ in topics.specs() if name in existing]
+        if names:
+            await admin.delete_topics(names)
+        for group in groups:
+            # aiokafka's admin has no call for it: the request goes to the group's coordinator.
+            try:
+                node = await admin.find_coordinator(group)
+                await admin._send_request_to_node(node, DeleteGroupsRequest([group]))
+            except Exception as exc:  # cleanup is best effort, and said so
+                log.warning("consumer group %s not deleted: %s", group, exc)
+    finally:
+        await admin.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 
 import httpx2
 import openai
@@ -26,10 +28,11 @@ from .adapters.redis_event_ids import RedisEventIds
 from .catalog import ToolCatalog
 from .handlers import PlannerHandlers
 from .metrics import APPROVAL_OLDEST_WAIT, APPROVALS_WAITING, TASKS_IN_FLIGHT
+from .ports import ChatModel
 from .settings import PlannerSettings
 from .store import TaskStates
 
-__all__ = ["main"]
+__all__ = ["Planner", "build_planner", "main", "openai_model"]
 
 FORGET_BATCH = 10_000
 """Ended tasks forgotten per sweep at most, so a burst of old tasks never floods the queues."""
@@ -91,11 +94,34 @@ async def _forget(states: TaskStates, task_id: str, publisher: EventPublisher) -
     return []
 
 
-async def main(settings: PlannerSettings | None = None) -> None:
-    """Run the planner until SIGTERM."""
-    settings = settings or PlannerSettings()
-    setup_telemetry("planner")
-    topics = settings.topics
+@dataclass
+class Planner:
+    """The planner's parts, wired: what ``main`` runs as a service, and a replay runs in a
+    namespace of its own."""
+
+    settings: PlannerSettings
+    processor: Processor
+    handlers: PlannerHandlers
+    states: TaskStates
+    catalog: ToolCatalog
+    publisher: EventPublisher
+    closers: list[Callable[[], Awaitable[object]]]
+
+    def sweep(self) -> Coroutine[object, object, None]:
+        """The deadline, recall, critique and retention sweep (runs until cancelled)."""
+        return sweep(self.processor, self.states, self.handlers, self.publisher, self.settings)
+
+    async def close(self) -> None:
+        """Close the clients the parts hold (the processor and publisher are stopped by
+        whoever ran them)."""
+        await self.catalog.stop()
+        for close in self.closers:
+            with contextlib.suppress(Exception):
+                await close()
+
+
+def openai_model(settings: PlannerSettings) -> tuple[OpenAIChatModel, openai.AsyncOpenAI]:
+    """The model at ``OPENAI_BASE_URL`` (the OpenAI API when unset), and its client."""
     client = openai.AsyncOpenAI(
         base_url=settings.openai_base_url,
         api_key=settings.openai_api_key.get_secret_value() or "unset",
@@ -112,22 +138,44 @@ async def main(settings: PlannerSettings | None = None) -> None:
             timeout=settings.llm_timeout_seconds,
         ),
     )
-    # A bounded pool that waits for a free connection: a burst of submissions checks more
-    # event ids at once than redis-py's default pool (100) admits, and a refused check would
-    # be skipped.
-    redis = Redis(
-        connection_pool=BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=32,
-            timeout=5.0,
-            decode_responses=True,
-            socket_timeout=2.0,
-            socket_connect_timeout=2.0,
+    return OpenAIChatModel(client, settings.model), client
+
+
+def build_planner(
+    settings: PlannerSettings, *, model: ChatModel | None = None, check_event_ids: bool = True
+) -> Planner:
+    """Wire the planner from its settings.
+
+    Args:
+        settings: Kafka, topics, model and loop settings.
+        model: The model to ask (default: the OpenAI-compatible endpoint of the settings).
+        check_event_ids: Check public event ids in Redis (a replay, which submits recorded
+            ids again, does not).
+    """
+    topics = settings.topics
+    closers: list[Callable[[], Awaitable[object]]] = []
+    if model is None:
+        model, client = openai_model(settings)
+        closers.append(client.close)
+    event_ids = None
+    if check_event_ids:
+        # A bounded pool that waits for a free connection: a burst of submissions checks
+        # more event ids at once than redis-py's default pool (100) admits, and a refused
+        # check would be skipped.
+        redis = Redis(
+            connection_pool=BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=32,
+                timeout=5.0,
+                decode_responses=True,
+                socket_timeout=2.0,
+                socket_connect_timeout=2.0,
+            )
         )
-    )
-    event_ids = RedisEventIds(
-        redis, namespace=topics.prefix, ttl_seconds=settings.event_id_ttl_seconds
-    )
+        closers.append(redis.aclose)
+        event_ids = RedisEventIds(
+            redis, namespace=topics.prefix, ttl_seconds=settings.event_id_ttl_seconds
+        )
     catalog = ToolCatalog(settings.kafka_bootstrap_servers, topics.tool_catalog)
     publisher = service_publisher(settings, "stepbus-planner")
     states = TaskStates(
@@ -137,7 +185,7 @@ async def main(settings: PlannerSettings | None = None) -> None:
         payloads=publisher.payloads,
     )
     handlers = PlannerHandlers(
-        model=OpenAIChatModel(client, settings.model),
+        model=model,
         store=states,
         catalog=catalog,
         topics=topics,
@@ -153,9 +201,6 @@ async def main(settings: PlannerSettings | None = None) -> None:
         critic_policy=settings.critic_policy(),
         critique_timeout_seconds=settings.critique_timeout_seconds,
     )
-    TASKS_IN_FLIGHT.set_function(lambda: float(sum(1 for _ in states.running())))
-    APPROVALS_WAITING.set_function(lambda: float(handlers.approvals_waiting()[0]))
-    APPROVAL_OLDEST_WAIT.set_function(lambda: handlers.approvals_waiting()[1])
     processor = service_processor(
         settings,
         name="planner",
@@ -169,13 +214,29 @@ async def main(settings: PlannerSettings | None = None) -> None:
         publisher=publisher,
         listener=states,
     )
-    sweeper = asyncio.create_task(sweep(processor, states, handlers, publisher, settings))
+    return Planner(settings, processor, handlers, states, catalog, publisher, closers)
+
+
+async def main(settings: PlannerSettings | None = None) -> None:
+    """Run the planner until SIGTERM."""
+    settings = settings or PlannerSettings()
+    setup_telemetry("planner")
+    planner = build_planner(settings)
+    states, handlers = planner.states, planner.handlers
+    TASKS_IN_FLIGHT.set_function(lambda: float(sum(1 for _ in states.running())))
+    APPROVALS_WAITING.set_function(lambda: float(handlers.approvals_waiting()[0]))
+    APPROVAL_OLDEST_WAIT.set_function(lambda: handlers.approvals_waiting()[1])
+    sweeper = asyncio.create_task(planner.sweep())
     try:
-        await run_worker(settings, publisher, processor, settings.metrics_port, catalog.start)
+        await run_worker(
+            settings,
+            planner.publisher,
+            planner.processor,
+            settings.metrics_port,
+            planner.catalog.start,
+        )
     finally:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
-        await catalog.stop()
-        await client.close()
-        await redis.aclose()
+        await planner.close()

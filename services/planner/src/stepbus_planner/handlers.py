@@ -696,7 +696,10 @@ class PlannerHandlers:
         remaining = (state.task.deadline_at - self._clock()).total_seconds()
         call = asyncio.ensure_future(
             self._model.complete(
-                conversation(state, self._system_prompt), self._catalog.specs(state.task.tools)
+                conversation(state, self._system_prompt),
+                self._catalog.specs(state.task.tools),
+                task_id=state.task_id,
+                step=step,
             )
         )
         self._llm_calls[state.task_id] = call

@@ -51,9 +51,17 @@ class ChatModel(Protocol):
     model: str
 
     async def complete(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        *,
+        task_id: str,
+        step: int,
     ) -> ModelTurn:
         """Answer the conversation, possibly with tool calls.
+
+        ``task_id`` and ``step`` say which decision is asked for: a live model ignores them;
+        the recorded model of a replay answers with the decision recorded for them.
 
         Raises:
             ModelError: The call failed after the adapter's own retries.

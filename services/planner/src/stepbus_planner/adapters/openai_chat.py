@@ -30,9 +30,14 @@ class OpenAIChatModel:
         self.model = model
 
     async def complete(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        *,
+        task_id: str = "",
+        step: int = 0,
     ) -> ModelTurn:
-        """Ask the model for its next turn."""
+        """Ask the model for its next turn (``task_id`` and ``step`` are not sent)."""
         body: dict[str, Any] = {"model": self.model, "messages": messages}
         if tools:
             body["tools"] = tools

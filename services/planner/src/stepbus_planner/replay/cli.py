@@ -1,0 +1,188 @@
+"""``stepbus replay`` and ``stepbus export``: the planner's commands of the ``stepbus`` CLI.
+
+They talk to Kafka, not to the gateway: they read journals and run this package's planner code,
+configured like the planner service (``KAFKA_BOOTSTRAP_SERVERS``, ``STEPBUS_TOPIC_PREFIX``,
+``OPENAI_BASE_URL``, ``STEPBUS_MODEL``, ...). The ``stepbus`` CLI finds them through the
+``stepbus.cli`` entry point, so the CLI library never imports a service.
+
+Exit codes of ``replay``: 0 nothing diverged, 1 a task diverged (a suite: more than
+``--max-diverged`` did), 2 the replay could not run (no journal, a bad suite file, a task that
+did not end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..settings import PlannerSettings
+from .diff import TaskDiff, render, render_summary
+from .recording import Recording, RecordingError, from_lines, load_recordings, to_lines
+from .runner import ModelMode, ReplayOptions, replay
+
+__all__ = ["register"]
+
+EXIT_DIVERGED, EXIT_UNREPLAYABLE = 1, 2
+
+Tenant = Annotated[
+    str | None,
+    typer.Option(
+        help="The tenant of the task (needed when several use the id).", show_default=False
+    ),
+]
+
+
+def _fail(message: str, code: int = EXIT_UNREPLAYABLE) -> typer.Exit:
+    typer.echo(f"stepbus: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _load(settings: PlannerSettings, task_ids: list[str], tenant: str | None) -> list[Recording]:
+    try:
+        return asyncio.run(
+            load_recordings(settings.kafka_bootstrap_servers, settings.topics, task_ids, tenant)
+        )
+    except RecordingError as exc:
+        raise _fail(str(exc)) from None
+    except Exception as exc:  # the broker unreachable, mostly
+        raise _fail(
+            f"cannot read the journal at {settings.kafka_bootstrap_servers}: {exc}"
+        ) from None
+
+
+def _quiet() -> None:
+    """Only warnings from the planner's parts: the diff is the output."""
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s"
+    )
+
+
+def replay_command(
+    task_ids: Annotated[
+        list[str] | None, typer.Argument(help="Tasks to replay.", show_default=False)
+    ] = None,
+    tenant: Tenant = None,
+    suite: Annotated[
+        Path | None,
+        typer.Option(help="Replay every task of an exported suite file.", show_default=False),
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="recorded: the recorded answers; live: the configured model.")
+    ] = "recorded",
+    from_step: Annotated[
+        int, typer.Option(min=0, help="Steps before this one take the recorded answers.")
+    ] = 0,
+    prompt: Annotated[
+        Path | None,
+        typer.Option(help="A file with the system prompt to replay with.", show_default=False),
+    ] = None,
+    max_diverged: Annotated[
+        int, typer.Option(min=0, help="A suite fails when more tasks than this diverge.")
+    ] = 0,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds the replay may take.")] = 120.0,
+    keep: Annotated[bool, typer.Option(help="Keep the replay's topics (to inspect).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")] = False,
+) -> None:
+    """Re-run recorded tasks with this planner code and diff its decisions with the record."""
+    if model not in ("recorded", "live"):
+        raise _fail(f"--model is recorded or live, not {model!r}")
+    if bool(task_ids) == (suite is not None):
+        raise _fail("give task ids or --suite FILE (one of them)")
+    _quiet()
+    settings = PlannerSettings()
+    if suite is not None:
+        try:
+            with suite.open(encoding="utf-8") as lines:
+                recordings = from_lines(lines, source=str(suite))
+        except OSError as exc:
+            raise _fail(f"cannot read {suite}: {exc.strerror}") from None
+        except RecordingError as exc:
+            raise _fail(str(exc)) from None
+        if not recordings:
+            raise _fail(f"{suite} holds no task")
+    else:
+        recordings = _load(settings, task_ids or [], tenant)
+    system_prompt = None
+    if prompt is not None:
+        try:
+            system_prompt = prompt.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise _fail(f"cannot read {prompt}: {exc.strerror}") from None
+    mode: ModelMode = "live" if model == "live" else "recorded"
+    options = ReplayOptions(
+        model=mode,
+        from_step=from_step,
+        system_prompt=system_prompt or None,
+        timeout_seconds=timeout,
+        keep=keep,
+    )
+    try:
+        diffs = asyncio.run(replay(settings, recordings, options))
+    except Exception as exc:
+        raise _fail(f"the replay could not run: {exc}") from None
+    _report(diffs, model, as_json=as_json, suite=suite is not None)
+    raise typer.Exit(_exit_code(diffs, max_diverged if suite is not None else 0))
+
+
+def _exit_code(diffs: list[TaskDiff], max_diverged: int) -> int:
+    if any(d.status == "failed" for d in diffs):
+        return EXIT_UNREPLAYABLE
+    diverged = sum(1 for d in diffs if d.status == "diverged")
+    return EXIT_DIVERGED if diverged > max_diverged else 0
+
+
+def _report(diffs: list[TaskDiff], model: str, *, as_json: bool, suite: bool) -> None:
+    if as_json:
+        document = [
+            {
+                "task_id": d.task_id,
+                "tenant": d.tenant,
+                "status": d.status,
+                "diverged_at": d.diverged_at,
+                "recorded_end": d.recorded_end,
+                "replayed_end": d.replayed_end,
+                "gaps": d.gaps,
+                "error": d.error,
+                "steps": {"recorded": len(d.recorded), "replayed": len(d.replayed)},
+                "seconds": round(d.seconds, 3),
+            }
+            for d in diffs
+        ]
+        typer.echo(json.dumps(document, indent=2))
+        return
+    if not suite:
+        for d in diffs:
+            typer.echo(render(d, model))
+        return
+    for d in diffs:
+        if d.status != "same":
+            typer.echo(render(d, model) + "\n")
+    typer.echo(render_summary(diffs))
+
+
+def export_command(
+    task_ids: Annotated[list[str], typer.Argument(help="Tasks to export.")],
+    out: Annotated[Path, typer.Option(help="The suite file to write (JSON lines).")],
+    tenant: Tenant = None,
+) -> None:
+    """Write recorded tasks to a suite file (journals, claim checks resolved, no secrets)."""
+    _quiet()
+    recordings = _load(PlannerSettings(), task_ids, tenant)
+    lines = list(to_lines(recordings))
+    try:
+        out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"cannot write {out}: {exc.strerror}") from None
+    typer.echo(f"exported {len(recordings)} tasks ({len(lines)} events) to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``replay`` and ``export`` to the ``stepbus`` CLI (the ``stepbus.cli`` entry point)."""
+    app.command("replay")(replay_command)
+    app.command("export")(export_command)
