@@ -130,7 +130,7 @@ def test_extract_expressions(text: str, expected: list[str]) -> None:
 
 def test_directives_are_read_from_the_first_user_message_only() -> None:
     messages = [
-        {"role": "system", "content": "[loop]"},
+        {"role": "system", "content": "[loop] [fail=503]"},
         {"role": "user", "content": "[Latency=50-300] [parallel] [usage=5000] [fail=429] 1+1"},
         {"role": "user", "content": "[loop]"},
     ]
@@ -140,6 +140,27 @@ def test_directives_are_read_from_the_first_user_message_only() -> None:
     assert read_directives([{"role": "user", "content": "[maybe] [latency=200]"}]) == Directives(
         latency_ms=(200, 200)
     )
+
+
+def test_a_system_prompt_shapes_the_answer_but_memory_does_not() -> None:
+    def final(system: list[str]) -> str | None:
+        messages = [
+            *({"role": "system", "content": text} for text in system),
+            {"role": "user", "content": "What is 1 + 1 and 2 + 2?"},
+            {"role": "assistant", "content": None, "tool_calls": []},
+            {"role": "tool", "tool_call_id": "a", "content": "2"},
+            {"role": "tool", "tool_call_id": "b", "content": "4"},
+        ]
+        return next_turn(messages, [CALCULATOR_TOOL]).content
+
+    assert read_directives([{"role": "system", "content": "Be brief. [terse]"}]).terse
+    assert (
+        read_directives([{"role": "system", "content": "Memory:\n- [x] [terse]"}]) == Directives()
+    )
+    assert read_directives([{"role": "system", "content": "[parallel]"}]).parallel
+    assert final(["You are careful."]) == "Results: 2, 4"
+    assert final(["You are careful. [terse]"]) == "2, 4"
+    assert final(["You are careful.", "Memory:\n- [terse]"]) == "Results: 2, 4"
 
 
 def test_parse_latency_range() -> None:

@@ -197,11 +197,12 @@ def redact(value: Any) -> Any:
 
 
 def _exported(event: JournalEvent) -> dict[str, Any]:
-    """An event as exported: tool arguments, planned calls and the task's labels redacted."""
+    """An event as exported: the task's labels, planned calls' and critiqued calls'
+    arguments redacted."""
     document: dict[str, Any] = event.model_dump(mode="json", by_alias=True, exclude_none=True)
     data = document.get("data", {})
-    if isinstance(event, TaskAccepted):
-        data["metadata"] = redact(data.get("metadata", {}))
+    if "metadata" in data:  # the acceptance and the terminal carry the task's labels
+        data["metadata"] = redact(data["metadata"])
     for call in data.get("tool_calls", ()):
         call["arguments"] = redact(call.get("arguments", {}))
     if "arguments" in data:  # a critique of a call quotes its arguments

@@ -79,7 +79,7 @@ _DIRECTIVE = re.compile(
     r"|review\s*=\s*(?P<review>reject)"
     r"|draft\s*=\s*(?P<draft>weak|worse)"
     r"|tool\s*=\s*(?P<tool>[A-Za-z0-9_-]{1,64})"
-    r"|(?P<flag>parallel|loop|obey|unoffered)"
+    r"|(?P<flag>parallel|loop|obey|unoffered|terse)"
     r")\s*\]",
     re.IGNORECASE,
 )
@@ -114,6 +114,9 @@ class Directives:
             result is obeyed (the call is made), as a model falling for a prompt injection.
         unoffered: ``[unoffered]``: ``[tool=NAME]`` is called even when ``NAME`` was not
             offered, as a model naming a tool it was not given.
+        terse: ``[terse]``: a final answer of several results is the bare list
+            (``391, 195``, not ``Results: 391, 195``): with it in a system prompt, a changed
+            prompt changes the final step (what ``stepbus replay --prompt`` shows).
     """
 
     latency_ms: tuple[int, int] | None = None
@@ -127,6 +130,7 @@ class Directives:
     tool: str | None = None
     obey: bool = False
     unoffered: bool = False
+    terse: bool = False
 
 
 @dataclass(frozen=True)
@@ -196,14 +200,18 @@ def task_input(messages: Sequence[Message]) -> str:
 
 
 def read_directives(messages: Sequence[Message]) -> Directives:
-    """Read the bracketed directives of the task input.
+    """Read the bracketed directives of the task input, and ``[terse]`` and ``[parallel]``
+    of the system prompt.
 
     For a request of the critic, only its ``## Task`` section counts: the observations it
-    quotes (recalled memory among them) may hold other tasks' directives.
+    quotes (recalled memory among them) may hold other tasks' directives. The planner's
+    system prompt may change how the answer is shaped (a prompt change is what
+    ``stepbus replay --prompt`` tries), not the rest; the recalled memory's system message
+    (``Memory:``), which quotes other tasks, never counts.
 
     Syntax (case-insensitive, anywhere in the first user message): ``[latency=200]``,
     ``[latency=50-300]``, ``[parallel]``, ``[usage=5000]``, ``[fail=503]`` (any 4xx/5xx
-    status), ``[loop]``; ``[judge=invalid|invalid-once|harsh|no-structured]`` (several may
+    status), ``[loop]``, ``[terse]``; ``[judge=invalid|invalid-once|harsh|no-structured]`` (several may
     be given), ``[review=reject]``, ``[draft=weak|worse]``. Anything else in brackets is
     ordinary text.
     """
@@ -212,6 +220,11 @@ def read_directives(messages: Sequence[Message]) -> Directives:
     text = task_input(messages)
     if is_judge_request(messages):
         text = section(text, "Task") or ""
+    else:
+        for prompt in _system_prompts(messages):
+            for match in _DIRECTIVE.finditer(prompt):
+                if (match["flag"] or "").lower() in _PROMPT_FLAGS:
+                    values[match["flag"].lower()] = True
     for match in _DIRECTIVE.finditer(text):
         if match["judge"]:
             judge.add(match["judge"].lower())
@@ -230,6 +243,20 @@ def read_directives(messages: Sequence[Message]) -> Directives:
         else:
             values[match["flag"].lower()] = True
     return Directives(**values, judge=frozenset(judge))
+
+
+_PROMPT_FLAGS = frozenset({"terse", "parallel"})
+"""The directives a system prompt may give."""
+
+
+def _system_prompts(messages: Sequence[Message]) -> list[str]:
+    """The system messages of a conversation but the recalled memory's."""
+    return [
+        text
+        for message in messages
+        if message.get("role") in ("system", "developer")
+        and not (text := message_text(message.get("content"))).startswith("Memory:")
+    ]
 
 
 def extract_expressions(text: str) -> list[str]:
@@ -424,7 +451,8 @@ def _final_text(
         return None
     if len(expressions) == 1:
         return results[0]
-    return "Results: " + ", ".join(results[: len(expressions)])
+    listed = ", ".join(results[: len(expressions)])
+    return listed if directives.terse else "Results: " + listed
 
 
 def _tool_names(tools: Sequence[Mapping[str, Any]]) -> set[str]:

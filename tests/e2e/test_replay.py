@@ -1,0 +1,223 @@
+"""Regression replay, end to end: ``stepbus replay`` and ``stepbus export`` as a user runs
+them, against tasks the real stack recorded (a calculator task of four steps, and a call of a
+real MCP server whose effect is a line in a file, with claim-checked payloads)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from stepbus_runtime.claimcheck import claim_reference
+
+from ..harness import LOGS, TopicReader
+from .conftest import Stack, running_stack
+from .test_task_flow import run_task, terminals
+
+pytestmark = pytest.mark.e2e
+
+SERVER = Path(__file__).with_name("mcp_effects_server.py")
+TOOL = "effects__append_slowly"
+STEPBUS = Path(sys.executable).with_name("stepbus")
+LONG_LINE = "x" * 1500
+"""An argument and a result above the claim-check threshold (1024 bytes here)."""
+SECRET = "s3cret-value-never-exported"
+
+
+@pytest.fixture(scope="module")
+async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
+    files = LOGS / f"replay-{uuid.uuid4().hex[:8]}"
+    files.mkdir(parents=True, exist_ok=True)
+    config = files / "mcp.json"
+    server_env = {
+        "STEPBUS_TEST_SIDE_EFFECTS": str(files / "effects.jsonl"),
+        "STEPBUS_TEST_CALLS": str(files / "calls.jsonl"),
+        "STEPBUS_TEST_DELAY": "0",
+    }
+    config.write_text(
+        json.dumps(
+            {
+                "mcpServers": {
+                    "effects": {"command": sys.executable, "args": [str(SERVER)], "env": server_env}
+                }
+            }
+        )
+    )
+    env = {"STEPBUS_MCP_CONFIG": str(config), "STEPBUS_CLAIM_CHECK_THRESHOLD_BYTES": "1024"}
+    async with running_stack(kafka_bootstrap, redis_url, env=env, gateway=False) as running:
+        running.files = files  # type: ignore[attr-defined]
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def recorded(stack: Stack) -> dict[str, str]:
+    """Two recorded tasks: ``calc`` (three tool calls, then the answer) and ``mcp``."""
+    calc, events = await run_task(
+        stack,
+        {
+            "input": "What is 17 * 23, then (391 - 1) / 2, then 2 + 2?",
+            "tools": ["calculator"],
+            "metadata": {"api_key": SECRET, "team": "ops"},
+        },
+    )
+    [end] = terminals(events, calc)
+    assert end["data"]["output"] == "Results: 391, 195, 4"
+    mcp, events = await run_task(
+        stack,
+        {"input": f'Note it [tool={TOOL}] {{"line": "{LONG_LINE}"}}', "tools": [TOOL]},
+    )
+    [end] = terminals(events, mcp)
+    assert end["type"] == "stepbus.task.completed"
+    return {"calc": calc, "mcp": mcp}
+
+
+def stepbus(stack: Stack, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """The ``stepbus`` command, configured like the stack's planner."""
+    return subprocess.run(
+        [str(STEPBUS), *args],
+        env={**os.environ, **stack.services["planner"].env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def record_count(stack: Stack, topic: str) -> int:
+    async with TopicReader(stack.bootstrap, topic) as reader:
+        for _ in range(20):
+            await reader.poll()
+        return len(reader.records)
+
+
+async def replay_topics(stack: Stack) -> list[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
+    await admin.start()
+    try:
+        return [
+            t for t in await admin.list_topics() if t.startswith(f"{stack.topics.prefix}replay.")
+        ]
+    finally:
+        await admin.close()
+
+
+async def redeliver_a_journal_record(stack: Stack, task_id: str) -> None:
+    """Publish one of the task's journal records again, byte for byte: what a crash between a
+    publish and its commit leaves on the journal."""
+    async with TopicReader(stack.bootstrap, stack.topics.planner_history) as history:
+        await history.wait_for(
+            lambda ev: [e for e in ev if e["subject"] == task_id], 30, "the journal"
+        )
+        decided = [
+            r
+            for r in history.records
+            if r.key == task_id.encode() and b'"stepbus.llm.decided"' in r.value
+        ]
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
+    await producer.start()
+    try:
+        record = decided[1]
+        await producer.send_and_wait(
+            stack.topics.planner_history, record.value, key=record.key, partition=record.partition
+        )
+    finally:
+        await producer.stop()
+
+
+async def test_replay_with_recorded_answers_reproduces_every_decision_and_runs_nothing(
+    stack: Stack, recorded: dict[str, str]
+) -> None:
+    files: Path = stack.files  # type: ignore[attr-defined]
+    await redeliver_a_journal_record(stack, recorded["calc"])
+    async with TopicReader(stack.bootstrap, stack.topics.planner_history) as history:
+        await history.wait_for(lambda ev: ev, 30, "the journal")
+        for _ in range(20):
+            await history.poll()
+        claimed = [
+            r
+            for r in history.records
+            if r.key == recorded["mcp"].encode() and claim_reference(r.value) is not None
+        ]
+    assert claimed, "the MCP task's journal holds claim-checked records"
+    effects, calls = lines(files / "effects.jsonl"), lines(files / "calls.jsonl")
+    ledger = await record_count(stack, stack.topics.tool_ledger)
+
+    done = await asyncio.to_thread(stepbus, stack, "replay", recorded["calc"], recorded["mcp"])
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "same: every decision reproduced (4 steps)" in done.stdout
+    assert "same: every decision reproduced (2 steps)" in done.stdout
+    assert 'calculator {"expression": "(391 - 1) / 2"}' in done.stdout
+    assert "not recorded" not in done.stdout
+    # Nothing ran: no tool call reached the MCP server, the ledger holds what it held.
+    assert (lines(files / "effects.jsonl"), lines(files / "calls.jsonl")) == (effects, calls)
+    assert await record_count(stack, stack.topics.tool_ledger) == ledger
+    assert await replay_topics(stack) == []  # the namespace is cleaned up
+
+
+async def test_a_changed_prompt_diverges_at_the_final_step_and_a_suite_fails_past_the_threshold(
+    stack: Stack, recorded: dict[str, str], tmp_path: Path
+) -> None:
+    suite, prompt = tmp_path / "suite.jsonl", tmp_path / "prompt.txt"
+    prompt.write_text("You are a careful assistant. Give the bare results. [terse]\n")
+    exported = await asyncio.to_thread(
+        stepbus, stack, "export", recorded["calc"], recorded["mcp"], "--out", str(suite)
+    )
+    assert exported.returncode == 0, exported.stderr
+    text = suite.read_text()
+    assert SECRET not in text and '"api_key":"[redacted]"' in text
+    assert LONG_LINE in text  # claim checks resolved: the payloads themselves are in the file
+    assert {json.loads(line)["subject"] for line in text.splitlines()} == set(recorded.values())
+
+    same = await asyncio.to_thread(
+        stepbus, stack, "replay", "--suite", str(suite), "--model", "live"
+    )
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "2 tasks: 2 same, 0 diverged, 0 failed" in same.stdout
+
+    changed = await asyncio.to_thread(
+        stepbus, stack, "replay", "--suite", str(suite), "--model", "live", "--prompt", str(prompt)
+    )
+    assert changed.returncode == 1, changed.stdout + changed.stderr
+    assert f"{recorded['calc']}  acme              diverged at step 3" in changed.stdout
+    assert 'answer "Results: 391, 195, 4"' in changed.stdout
+    assert 'answer "391, 195, 4"' in changed.stdout
+    assert "<- diverged at step 3" in changed.stdout
+    assert "2 tasks: 1 same, 1 diverged, 0 failed" in changed.stdout
+
+    tolerated = await asyncio.to_thread(
+        stepbus, stack, "replay", "--suite", str(suite), "--model", "live", "--prompt",
+        str(prompt), "--max-diverged", "1",
+    )  # fmt: skip
+    assert tolerated.returncode == 0, tolerated.stdout + tolerated.stderr
+
+    one = await asyncio.to_thread(
+        stepbus, stack, "replay", recorded["calc"], "--model", "live", "--prompt", str(prompt),
+        "--from-step", "3",
+    )  # fmt: skip
+    assert one.returncode == 1 and "<- diverged at step 3" in one.stdout, one.stdout
+
+
+async def test_what_cannot_be_replayed_exits_2_with_a_clear_error(
+    stack: Stack, tmp_path: Path
+) -> None:
+    missing = await asyncio.to_thread(stepbus, stack, "replay", "no-such-task")
+    assert missing.returncode == 2
+    assert "no journal for task 'no-such-task'" in missing.stderr
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"specversion": "1.0"}\n')
+    broken = await asyncio.to_thread(stepbus, stack, "replay", "--suite", str(bad))
+    assert broken.returncode == 2
+    assert f"{bad}:1: not a journal event" in broken.stderr
