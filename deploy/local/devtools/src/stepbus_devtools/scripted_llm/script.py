@@ -211,9 +211,9 @@ def read_directives(messages: Sequence[Message]) -> Directives:
 
     Syntax (case-insensitive, anywhere in the first user message): ``[latency=200]``,
     ``[latency=50-300]``, ``[parallel]``, ``[usage=5000]``, ``[fail=503]`` (any 4xx/5xx
-    status), ``[loop]``, ``[terse]``; ``[judge=invalid|invalid-once|harsh|no-structured]`` (several may
-    be given), ``[review=reject]``, ``[draft=weak|worse]``. Anything else in brackets is
-    ordinary text.
+    status), ``[loop]``, ``[terse]``; ``[judge=invalid|invalid-once|harsh|no-structured]``
+    (several may be given), ``[review=reject]``, ``[draft=weak|worse]``. Anything else in
+    brackets is ordinary text.
     """
     values: dict[str, Any] = {}
     judge: set[str] = set()
