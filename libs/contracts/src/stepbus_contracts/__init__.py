@@ -135,6 +135,7 @@ from .results import (
 )
 from .snapshots import StateSnapshot, StateSnapshotData
 from .tasks import (
+    ForkOrigin,
     Metadata,
     Role,
     SessionId,
@@ -231,6 +232,7 @@ __all__ = [
     "EventData",
     "ExtensionValue",
     "FailureReason",
+    "ForkOrigin",
     "Gate",
     "HistoryEvent",
     "InjectionFlagged",

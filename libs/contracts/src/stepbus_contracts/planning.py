@@ -20,7 +20,7 @@ from .limits import (
     MAX_ROLES,
     MAX_TOOLS,
 )
-from .tasks import CriticPolicy, Metadata, Role, SessionId, TokenBudget, ToolName
+from .tasks import CriticPolicy, ForkOrigin, Metadata, Role, SessionId, TokenBudget, ToolName
 
 __all__ = [
     "TRACE_ID_PATTERN",
@@ -127,6 +127,11 @@ class TaskAcceptedData(EventData):
     )
     trace: TaskTrace | None = Field(
         default=None, description="The task's trace (null from planners without tracing)."
+    )
+    fork: ForkOrigin | None = Field(
+        default=None,
+        description="Set on a forked task: the original and the step it continues from (the "
+        "journal events before that step that follow this acceptance are copies).",
     )
 
 

@@ -16,15 +16,18 @@ from .limits import (
     MAX_METADATA_VALUE_LENGTH,
     MAX_ROLES,
     MAX_SESSION_ID_LENGTH,
+    MAX_TASK_ID_LENGTH,
     MAX_TOKEN_BUDGET,
     MAX_TOOLS,
     ROLE_PATTERN,
+    TASK_ID_PATTERN,
     TOOL_NAME_PATTERN,
 )
 
 __all__ = [
     "MAX_REVISIONS",
     "CriticPolicy",
+    "ForkOrigin",
     "Metadata",
     "Role",
     "Score",
@@ -84,6 +87,33 @@ class CriticPolicy(EventData):
     )
 
 
+class ForkOrigin(EventData):
+    """Where a forked task comes from: a recorded task of the same tenant and the step it
+    continues from. The planner copies the original's history before ``step`` from its own
+    journal (never from the submission) and asks the model for ``step`` afresh."""
+
+    task_id: str = Field(
+        min_length=1,
+        max_length=MAX_TASK_ID_LENGTH,
+        pattern=TASK_ID_PATTERN,
+        description="The original task (same tenant).",
+    )
+    step: int = Field(
+        ge=0,
+        le=MAX_ITERATIONS + MAX_REVISIONS,
+        description="Steps before this one are copied (recall, decisions, tool outcomes, "
+        "holds, approvals, critiques); the model decides this one live. At most the "
+        "original's last step.",
+    )
+    input: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_INPUT_LENGTH,
+        description="A new user turn the model reads at `step`, after the copied steps; null: "
+        "the conversation goes on as recorded.",
+    )
+
+
 class TaskSubmittedData(EventData):
     """What the agent should do and the bounds it must respect."""
 
@@ -140,6 +170,13 @@ class TaskSubmittedData(EventData):
         description=f"Opaque labels carried to the result unchanged: at most "
         f"{MAX_METADATA_ENTRIES}, names of 1-{MAX_METADATA_KEY_LENGTH} characters, values of at "
         f"most {MAX_METADATA_VALUE_LENGTH}.",
+    )
+    fork: ForkOrigin | None = Field(
+        default=None,
+        description="Fork a recorded task of the same tenant: its history before `fork.step` "
+        "is copied and the task continues live from there. A fork runs the original's task "
+        "(input, tools, bounds, memory and critic, whatever this submission says of them); "
+        "the submission gives its deadline and labels.",
     )
 
 

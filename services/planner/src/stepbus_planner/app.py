@@ -23,6 +23,7 @@ from stepbus_runtime import (
     setup_telemetry,
 )
 
+from .adapters.kafka_journals import KafkaJournals
 from .adapters.openai_chat import OpenAIChatModel
 from .adapters.redis_event_ids import RedisEventIds
 from .catalog import ToolCatalog
@@ -200,6 +201,7 @@ def build_planner(
         critic=settings.critic,
         critic_policy=settings.critic_policy(),
         critique_timeout_seconds=settings.critique_timeout_seconds,
+        journals=KafkaJournals(settings.kafka_bootstrap_servers, topics),
     )
     processor = service_processor(
         settings,

@@ -83,6 +83,7 @@ from stepbus_runtime.tracing import (
 )
 
 from .catalog import ToolCatalog
+from .fork import FORK_SOURCE, ForkError, fork
 from .metrics import (
     REPLAYED_STEPS,
     STEP_SECONDS,
@@ -90,7 +91,7 @@ from .metrics import (
     TASKS_ACCEPTED,
     TASKS_FINISHED,
 )
-from .ports import ChatModel, EventIds, EventIdsUnavailable, ModelError, ModelTurn
+from .ports import ChatModel, EventIds, EventIdsUnavailable, Journals, ModelError, ModelTurn
 from .react import (
     SYSTEM_PROMPT,
     AskModel,
@@ -142,6 +143,7 @@ class PlannerHandlers:
         critic_policy: The threshold and revisions of a task that does not set its own.
         critique_timeout_seconds: How long a task waits for a verdict; then a draft is the
             answer unjudged, and a reviewed call is not run.
+        journals: Reads a recorded task's journal, for forks (None: forks fail).
     """
 
     def __init__(
@@ -162,7 +164,9 @@ class PlannerHandlers:
         critic: bool = False,
         critic_policy: CriticPolicy | None = None,
         critique_timeout_seconds: float = 30.0,
+        journals: Journals | None = None,
     ) -> None:
+        self._journals = journals
         self._critic = critic
         self._critic_policy = critic_policy or CriticPolicy()
         self._critique_timeout = critique_timeout_seconds
@@ -234,6 +238,8 @@ class PlannerHandlers:
             return []  # a duplicate submission of a task already running or finished
         # A redelivery of the submission we accepted re-emits the same (same-id) acceptance,
         # in case the first one was never acknowledged; consumers drop the duplicate.
+        if event.data.fork is not None:
+            return await self._fork(state, event, context)
         task = event.data
         tools = task.tools if task.tools is not None else sorted(self._catalog.names())
         unknown = sorted(set(tools) - self._catalog.names())
@@ -287,6 +293,61 @@ class PlannerHandlers:
             state.model_copy(update={"submitted_id": event.id}), context.partition
         )
         return [Emit(self._topics.planner_history, accepted), *snapshot]
+
+    async def _fork(
+        self, state: TaskState, event: TaskSubmitted, context: RecordContext
+    ) -> Sequence[Emit]:
+        """Accept a fork: its acceptance and the original's history before the fork's step,
+        copied from the journal, published together (``fork``); or fail it with the reason."""
+        origin = event.data.fork
+        assert origin is not None
+        problem = None
+        original = []
+        try:
+            if self._journals is not None:
+                original = await self._journals.read(origin.task_id, event.tenant)
+        except Exception as exc:
+            if not context.last_attempt:
+                raise RetryableError(
+                    f"cannot read the journal of {origin.task_id!r}: {exc}"
+                ) from exc
+            problem = f"cannot fork: the journal of {origin.task_id!r} cannot be read ({exc})"
+        if problem is None:
+            try:
+                accepted, copies = fork(
+                    event,
+                    original,
+                    model=self._model.model,
+                    trace=task_trace(
+                        event.subject,
+                        event.id,
+                        context.trace_parent,
+                        _entered_at(event, self._clock()),
+                        sampled=trace.get_current_span().is_recording(),
+                    ),
+                    now=self._clock(),
+                )
+            except ForkError as exc:
+                problem = str(exc)
+        if problem is not None:
+            failed = TaskFailed(
+                **_envelope(event, "invalid"),
+                data=TaskFailedData(
+                    reason="invalid_task",
+                    message=clip(problem, 1000),
+                    metadata=event.data.metadata,
+                ),
+            )
+            return self._end(state, context.partition, failed)
+        log.info(
+            "task %s forks %s at step %d (%d events copied)",
+            clip(event.subject, 80), clip(origin.task_id, 80), origin.step, len(copies),
+        )  # fmt: skip
+        snapshot = self._store.put(
+            state.model_copy(update={"submitted_id": event.id}), context.partition
+        )
+        history = self._topics.planner_history
+        return [Emit(history, accepted), *(Emit(history, c) for c in copies), *snapshot]
 
     def _decided(
         self, state: TaskState, event: ApprovalDecided, context: RecordContext
@@ -515,7 +576,8 @@ class PlannerHandlers:
         )
         links = []
         redone = self._store.redelivered(context.partition, context.offset)
-        if isinstance(event, LlmDecided):
+        copied = event.source == FORK_SOURCE  # a fork's copy of its original's history
+        if isinstance(event, LlmDecided) and not copied:
             redone = True  # folded here for the first time: another replica made it
             if context.trace_parent is not None:
                 original = context.trace_parent
@@ -534,6 +596,8 @@ class PlannerHandlers:
             "messaging.message.id": event.id,
             "cloudevents.event_type": event.type,
         }
+        if copied:
+            attributes["stepbus.fork.copied"] = True
         ids: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
         if redone:
             attributes[REPLAY] = True
@@ -639,7 +703,7 @@ class PlannerHandlers:
         now = time.monotonic()
         overdue = []
         for state in self._store.running():
-            if not state.awaiting_recall:
+            if not state.awaiting_recall or state.copying:  # a fork's recall is a copy
                 self._recalls.pop(state.task_id, None)
                 continue
             asked = self._recalls.setdefault(state.task_id, now)

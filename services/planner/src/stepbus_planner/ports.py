@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from stepbus_contracts import TokenUsage
+from stepbus_contracts import JournalEvent, TokenUsage
 
 __all__ = [
     "ChatModel",
     "EventIds",
     "EventIdsUnavailable",
+    "Journals",
     "ModelError",
     "ModelToolCall",
     "ModelTurn",
@@ -87,5 +88,18 @@ class EventIds(Protocol):
 
         Raises:
             EventIdsUnavailable: The index cannot be reached.
+        """
+        ...
+
+
+class Journals(Protocol):
+    """Reads a recorded task's journal (what a fork copies)."""
+
+    async def read(self, task_id: str, tenant: str) -> list[JournalEvent]:
+        """The journal events of ``task_id`` of ``tenant``, in order, once each (empty when
+        the tenant has no such task).
+
+        Raises:
+            Exception: The journal cannot be read now (the caller retries).
         """
         ...

@@ -146,6 +146,10 @@ def next_move(state: TaskState, trigger: HistoryEventT, now: datetime) -> Move:
         return Wait()
     if (over := out_of_budget(state, now)) is not None:
         return over
+    if task.fork is not None and state.step < task.fork.step:
+        # A fork reads its copied history back first; the event that completes it asks the
+        # model for the fork's step (the decision is folded at once: asked once).
+        return Wait() if state.copying else AskModel(task.fork.step)
     if isinstance(trigger, TaskAccepted):
         return Recall() if state.awaiting_recall else AskModel(0)
     if isinstance(trigger, MemoryRecalled):
@@ -256,8 +260,13 @@ def conversation(state: TaskState, system_prompt: str = SYSTEM_PROMPT) -> list[d
     if state.recall is not None and (context := memory_context(state.recall)):
         messages.append({"role": "system", "content": context})
     messages.append({"role": "user", "content": state.task.input})
+    fork = state.task.fork
+    turn = fork.input if fork is not None else None
     for step in sorted(state.decisions):
         decision = state.decisions[step]
+        if turn is not None and fork is not None and step >= fork.step:
+            messages.append({"role": "user", "content": turn})  # the fork's new turn
+            turn = None
         assistant: dict[str, Any] = {"role": "assistant", "content": decision.content}
         if decision.tool_calls:
             assistant["tool_calls"] = [
@@ -280,6 +289,8 @@ def conversation(state: TaskState, system_prompt: str = SYSTEM_PROMPT) -> list[d
             messages.append(
                 {"role": "tool", "tool_call_id": call.llm_call_id, "content": tool_message(outcome)}
             )
+    if turn is not None:
+        messages.append({"role": "user", "content": turn})
     return messages
 
 

@@ -99,6 +99,23 @@ class TaskState(BaseModel):
         )
 
     @property
+    def copying(self) -> bool:
+        """True while a fork waits for its copied history to be read back: its recall (a task
+        with memory) and every event of the steps before the fork's step."""
+        task = self.task
+        if task is None or task.fork is None or self.ended:
+            return False
+        if task.memory and self.recall is None:
+            return True
+        last = task.fork.step - 1
+        if last < 0:
+            return False
+        if not self.step_complete(last):
+            return True
+        judged = task.critic is not None and self.is_draft(last)
+        return judged and self.critique("answer", last) is None
+
+    @property
     def step(self) -> int:
         """The latest step with a decision (-1 before the first)."""
         return max(self.decisions, default=-1)

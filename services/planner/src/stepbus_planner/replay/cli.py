@@ -1,4 +1,4 @@
-"""``stepbus replay`` and ``stepbus export``: the planner's commands of the ``stepbus`` CLI.
+"""``stepbus replay``, ``export`` and ``fork``: the planner's commands of the ``stepbus`` CLI.
 
 They talk to Kafka, not to the gateway: they read journals and run this package's planner code,
 configured like the planner service (``KAFKA_BOOTSTRAP_SERVERS``, ``STEPBUS_TOPIC_PREFIX``,
@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from stepbus_contracts import TaskCompleted, TaskFailed
 
 from ..settings import PlannerSettings
 from .diff import TaskDiff, render, render_summary
+from .forking import fork_submission, run_fork
 from .recording import Recording, RecordingError, from_lines, load_recordings, to_lines
 from .runner import ModelMode, ReplayOptions, replay
 
@@ -182,7 +184,77 @@ def export_command(
     typer.echo(f"exported {len(recordings)} tasks ({len(lines)} events) to {out}")
 
 
+def fork_command(
+    task_id: Annotated[str, typer.Argument(help="The recorded task to fork.")],
+    at_step: Annotated[
+        int,
+        typer.Option(
+            "--at-step", min=0, help="Steps before this one are copied; the model decides it live."
+        ),
+    ],
+    input_text: Annotated[
+        str | None,
+        typer.Option("--input", help="A new user turn the model reads at the fork's step."),
+    ] = None,
+    tenant: Tenant = None,
+    new_id: Annotated[
+        str | None,
+        typer.Option("--as", help="The fork's task id (default: <id>.fork-<random>)."),
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the fork's result.")] = True,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for the result.")] = 300.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")] = False,
+) -> None:
+    """Start a live task from a recorded task's history before a step (the original is not
+    touched). Exit codes: 0 the fork completed, 1 it failed or was cancelled, 2 it could not
+    start or did not end in time."""
+    _quiet()
+    settings = PlannerSettings()
+    (original,) = _load(settings, [task_id], tenant)
+    try:
+        submission = fork_submission(original, at_step, task_id=new_id, input_text=input_text)
+    except (RecordingError, ValueError) as exc:
+        raise _fail(str(exc).splitlines()[0]) from None
+    if not as_json:
+        typer.echo(f"{submission.subject}  (fork of {task_id} at step {at_step})")
+    try:
+        outcome = asyncio.run(
+            run_fork(settings, submission, wait_seconds=timeout if wait else None)
+        )
+    except Exception as exc:
+        raise _fail(
+            f"cannot publish the fork to {settings.kafka_bootstrap_servers}: {exc}"
+        ) from None
+    terminal = outcome.terminal
+    if as_json:
+        document = {
+            "task_id": outcome.task_id,
+            "forked_from": task_id,
+            "at_step": at_step,
+            "result": terminal.model_dump(mode="json") if terminal is not None else None,
+        }
+        typer.echo(json.dumps(document, indent=2))
+    if not wait:
+        raise typer.Exit(0)
+    if terminal is None:
+        raise _fail(
+            f"the fork {outcome.task_id} did not end within {timeout:g}s (it may still run)"
+        )
+    if isinstance(terminal, TaskCompleted):
+        if not as_json:
+            typer.echo(terminal.data.output)
+        raise typer.Exit(0)
+    if not as_json:
+        if isinstance(terminal, TaskFailed):
+            typer.echo(f"failed ({terminal.data.reason}): {terminal.data.message}", err=True)
+        else:
+            typer.echo(f"cancelled: {terminal.data.reason}", err=True)
+    raise typer.Exit(EXIT_DIVERGED)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``replay`` and ``export`` to the ``stepbus`` CLI (the ``stepbus.cli`` entry point)."""
+    """Add ``replay``, ``export`` and ``fork`` to the ``stepbus`` CLI (the ``stepbus.cli``
+    entry point)."""
     app.command("replay")(replay_command)
     app.command("export")(export_command)
+    app.command("fork")(fork_command)

@@ -39,6 +39,7 @@ __all__ = [
     "Recording",
     "RecordingError",
     "from_lines",
+    "key_partition",
     "load_recordings",
     "redact",
     "to_lines",
@@ -108,7 +109,7 @@ class Recording:
         return next((e for e in self.events if isinstance(e, Terminal)), None)
 
 
-def _partition(key: bytes, count: int) -> int:
+def key_partition(key: bytes, count: int) -> int:
     """The partition Kafka's default partitioner gives ``key`` (murmur2, as the producers)."""
     return int(murmur2(key) & 0x7FFFFFFF) % count
 
@@ -134,7 +135,7 @@ async def load_recordings(
         raise RecordingError(f"topic {topics.planner_history} not found")
     count = len(partitions)
     wanted = {task_id.encode(): task_id for task_id in task_ids}
-    assigned = sorted({_partition(key, count) for key in wanted})
+    assigned = sorted({key_partition(key, count) for key in wanted})
     found: dict[tuple[str, str], Recording] = {}
     seen_ids: dict[tuple[str, str], set[str]] = {}
     payloads = PayloadStore(bootstrap_servers, topics.payloads, client_id="stepbus-replay")
