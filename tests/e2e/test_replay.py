@@ -221,3 +221,57 @@ async def test_what_cannot_be_replayed_exits_2_with_a_clear_error(
     broken = await asyncio.to_thread(stepbus, stack, "replay", "--suite", str(bad))
     assert broken.returncode == 2
     assert f"{bad}:1: not a journal event" in broken.stderr
+
+
+async def journal_records(stack: Stack, task_id: str) -> list[bytes]:
+    """The task's journal records, byte for byte."""
+    async with TopicReader(stack.bootstrap, stack.topics.planner_history) as history:
+        for _ in range(20):
+            await history.poll()
+        return [r.value for r in history.records if r.key == task_id.encode()]
+
+
+async def ledger_keys(stack: Stack, prefix: str) -> set[str]:
+    async with TopicReader(stack.bootstrap, stack.topics.tool_ledger) as ledger:
+        for _ in range(20):
+            await ledger.poll()
+        keys = {r.key.decode() for r in ledger.records if r.key is not None}
+        return {k for k in keys if k.startswith(prefix)}
+
+
+async def test_a_fork_at_step_2_continues_live_to_a_result_and_leaves_the_original_untouched(
+    stack: Stack, recorded: dict[str, str]
+) -> None:
+    calc = recorded["calc"]
+    forked = f"{calc}.fork"
+    original = await journal_records(stack, calc)
+
+    done = await asyncio.to_thread(stepbus, stack, "fork", calc, "--at-step", "2", "--as", forked)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        f"{forked}  (fork of {calc} at step 2)",
+        "Results: 391, 195, 4",
+    ]
+    journal = [json.loads(v) for v in await journal_records(stack, forked)]
+    assert journal[0]["type"] == "stepbus.task.accepted"
+    assert journal[0]["data"]["fork"] == {"task_id": calc, "step": 2, "input": None}
+    copied = [
+        (e["type"], e["data"].get("step")) for e in journal if e["source"] == "urn:stepbus:fork"
+    ]
+    assert copied == [
+        ("stepbus.memory.recalled", None),  # the model reads the memory the original read
+        ("stepbus.llm.decided", 0),
+        ("stepbus.tool.call_completed", 0),
+        ("stepbus.llm.decided", 1),
+        ("stepbus.tool.call_completed", 1),
+    ]
+    live = [e["data"]["step"] for e in journal if e["type"] == "stepbus.llm.decided"][2:]
+    assert live == [2, 3]  # decided by the model, after the copy
+    # Only the live step's call ran: the copied calls have outcomes and never reach a tool.
+    assert await ledger_keys(stack, f"{forked}#") == {f"{forked}#{forked}:2:0"}
+    assert await journal_records(stack, calc) == original
+
+    other = await asyncio.to_thread(stepbus, stack, "fork", calc, "--at-step", "9")
+    assert other.returncode == 2
+    assert f"task {calc!r} has steps 0-3: cannot fork at step 9" in other.stderr
