@@ -12,18 +12,9 @@ from stepbus_contracts import (
     ToolCallRequestedData,
 )
 from stepbus_planner.ports import ModelError
-from stepbus_planner.replay import (
-    RecordedModel,
-    RecordedWorld,
-    Recording,
-    RecordingError,
-    compare,
-    from_lines,
-    render,
-    render_summary,
-    to_lines,
-)
-from stepbus_planner.replay.recording import redact
+from stepbus_planner.replay.diff import compare, render, render_summary
+from stepbus_planner.replay.recorded import RecordedModel, RecordedWorld
+from stepbus_planner.replay.recording import Recording, RecordingError, from_lines, redact, to_lines
 
 from .test_planner_react import TASK, accepted, call, completed, decided
 
@@ -114,9 +105,9 @@ async def test_the_recorded_model_answers_each_step_and_refuses_an_unrecorded_on
 def test_a_tool_call_is_answered_from_the_record_and_never_run() -> None:
     world = RecordedWorld([recording()])
 
-    same = world.tool_outcome(request(0, 0, "17 * 23"))
-    moved = world.tool_outcome(request(3, 1, "17 * 23"))  # same call at another place
-    unknown = world.tool_outcome(request(1, 0, "2 + 2"))
+    same = world.answer(request(0, 0, "17 * 23"))
+    moved = world.answer(request(3, 1, "17 * 23"))  # same call at another place
+    unknown = world.answer(request(1, 0, "2 + 2"))
 
     assert same.type == "stepbus.tool.call_completed" and same.data.output == "391"  # type: ignore[union-attr]
     assert (moved.data.step, moved.data.call_index, moved.data.idempotency_key) == (

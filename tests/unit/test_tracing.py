@@ -1020,7 +1020,9 @@ def test_count_tokens_counts_by_kind() -> None:
     model = f"model-{uuid.uuid4().hex[:6]}"
 
     def tokens(kind: str) -> float:
-        return sample("stepbus_model_tokens_total", service="planner", model=model, kind=kind)
+        return sample(
+            "stepbus_model_tokens_total", service="planner", model=model, kind=kind, mode="live"
+        )
 
     before = tokens("input"), tokens("output")
     genai.count_tokens("planner", model, 120, 30)

@@ -1,7 +1,7 @@
 """What stepbus services share at run time: the Kafka processor, settings and telemetry."""
 
 from .admin import delete_namespace, ensure_topics, topic_partitions
-from .claimcheck import ClaimCheckError, PayloadRef, PayloadStore
+from .claimcheck import ClaimCheckError, PayloadReaders, PayloadRef, PayloadStore
 from .codec import decode, encode
 from .deadletter import dead_letter
 from .errors import DecodeError, PermanentError, RetryableError, StepbusError
@@ -24,6 +24,7 @@ __all__ = [
     "EventPublisher",
     "Handler",
     "PartitionListener",
+    "PayloadReaders",
     "PayloadRef",
     "PayloadStore",
     "PermanentError",

@@ -38,6 +38,7 @@ __all__ = [
     "CHUNK_BYTES",
     "MAX_PAYLOAD_BYTES",
     "ClaimCheckError",
+    "PayloadReaders",
     "PayloadRef",
     "PayloadStore",
     "claim_reference",
@@ -260,3 +261,22 @@ class PayloadStore:
         if missing := wanted - set(chunks):
             raise ClaimCheckError(f"payload {ref.id} missing: no chunks at offsets {missing}")
         return chunks
+
+
+class PayloadReaders:
+    """Resolves claims that point to any of several payloads topics, each through its store:
+    a shadow planner reads the live input's claims and its own namespace's."""
+
+    def __init__(self, *stores: PayloadStore) -> None:
+        self._stores = {store.topic: store for store in stores}
+
+    async def fetch(self, ref: PayloadRef) -> bytes:
+        """The payload ``ref`` points to.
+
+        Raises:
+            ClaimCheckError: No store reads the topic it names, or the payload is gone.
+        """
+        store = self._stores.get(ref.topic)
+        if store is None:
+            raise ClaimCheckError(f"claim check points to topic {ref.topic!r}: no store reads it")
+        return await store.fetch(ref)

@@ -47,9 +47,10 @@ MODEL_SECONDS = Histogram(
 )
 MODEL_TOKENS = Counter(
     "stepbus_model_tokens_total",
-    "Tokens of recorded model calls, by service, model and kind (input, output); a call "
-    "redone after a crash is counted once.",
-    ["service", "model", "kind"],
+    "Tokens of recorded model calls, by service, model, kind (input, output) and mode (live; "
+    "replay and shadow runs are never production work); a call redone after a crash is "
+    "counted once.",
+    ["service", "model", "kind", "mode"],
 )
 
 
@@ -59,10 +60,12 @@ def capture_content() -> bool:
     return flag.strip().lower() == "true"
 
 
-def count_tokens(service: str, model: str, input_tokens: int, output_tokens: int) -> None:
+def count_tokens(
+    service: str, model: str, input_tokens: int, output_tokens: int, mode: str = "live"
+) -> None:
     """Count a recorded call's tokens (call it from ``Emit.on_acked``)."""
-    MODEL_TOKENS.labels(service, model, "input").inc(input_tokens)
-    MODEL_TOKENS.labels(service, model, "output").inc(output_tokens)
+    MODEL_TOKENS.labels(service, model, "input", mode).inc(input_tokens)
+    MODEL_TOKENS.labels(service, model, "output", mode).inc(output_tokens)
 
 
 @dataclass

@@ -36,7 +36,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 from pydantic import TypeAdapter
 
-from .claimcheck import ClaimCheckError, PayloadRef, PayloadStore, claim_reference
+from .claimcheck import ClaimCheckError, PayloadReaders, PayloadRef, PayloadStore, claim_reference
 from .codec import decode
 from .deadletter import dead_letter
 from .errors import DecodeError, PermanentError
@@ -143,7 +143,7 @@ class Processor:
         commit_interval: float = 0.5,
         revoke_grace: float = 5.0,
         listener: PartitionListener | None = None,
-        payloads: PayloadStore | None = None,
+        payloads: PayloadStore | PayloadReaders | None = None,
         stuck_after: float = 900.0,
     ) -> None:
         self.name = name

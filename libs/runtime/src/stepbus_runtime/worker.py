@@ -9,6 +9,7 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 
 from .admin import ensure_topics
+from .claimcheck import PayloadReaders
 from .gctune import tune_gc
 from .health import serve_health
 from .processor import PartitionListener, Processor, Route
@@ -39,9 +40,11 @@ def service_processor(
     routes: dict[str, Route],
     publisher: EventPublisher,
     listener: PartitionListener | None = None,
+    payloads: PayloadReaders | None = None,
 ) -> Processor:
     """A processor configured from a service's settings: its group under the topic prefix, the
-    DLQ, in-flight and attempt limits, static membership and claim checks."""
+    DLQ, in-flight and attempt limits, static membership and claim checks (resolved by the
+    publisher's store unless ``payloads`` says otherwise)."""
     return Processor(
         name=name,
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -54,7 +57,7 @@ def service_processor(
         group_instance_id=settings.group_instance_id,
         commit_interval=settings.commit_interval_seconds,
         listener=listener,
-        payloads=publisher.payloads,
+        payloads=payloads or publisher.payloads,
     )
 
 

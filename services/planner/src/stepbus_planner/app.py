@@ -7,14 +7,17 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Literal
 
 import httpx2
 import openai
 from redis.asyncio import BlockingConnectionPool, Redis
-from stepbus_contracts import history_adapter, tasks_adapter, utcnow
+from stepbus_contracts import Topics, history_adapter, tasks_adapter, utcnow
 from stepbus_runtime import (
     Emit,
     EventPublisher,
+    PayloadReaders,
+    PayloadStore,
     Processor,
     Route,
     run_worker,
@@ -33,7 +36,9 @@ from .ports import ChatModel
 from .settings import PlannerSettings
 from .store import TaskStates
 
-__all__ = ["Planner", "build_planner", "main", "openai_model"]
+__all__ = ["Mode", "Planner", "build_planner", "main", "openai_model"]
+
+Mode = Literal["live", "replay", "shadow"]
 
 FORGET_BATCH = 10_000
 """Ended tasks forgotten per sweep at most, so a burst of old tasks never floods the queues."""
@@ -143,7 +148,12 @@ def openai_model(settings: PlannerSettings) -> tuple[OpenAIChatModel, openai.Asy
 
 
 def build_planner(
-    settings: PlannerSettings, *, model: ChatModel | None = None, check_event_ids: bool = True
+    settings: PlannerSettings,
+    *,
+    model: ChatModel | None = None,
+    check_event_ids: bool = True,
+    mode: Mode = "live",
+    shadow_of: Topics | None = None,
 ) -> Planner:
     """Wire the planner from its settings.
 
@@ -152,6 +162,10 @@ def build_planner(
         model: The model to ask (default: the OpenAI-compatible endpoint of the settings).
         check_event_ids: Check public event ids in Redis (a replay, which submits recorded
             ids again, does not).
+        mode: The ``mode`` label of its metrics (``live``, ``replay``, ``shadow``).
+        shadow_of: A shadow planner's live topics: it reads their tasks (and its own
+            namespace's, where its world answers approvals), their tool catalog and their
+            claim checks; everything it writes goes to its own namespace (``settings``).
     """
     topics = settings.topics
     closers: list[Callable[[], Awaitable[object]]] = []
@@ -177,8 +191,16 @@ def build_planner(
         event_ids = RedisEventIds(
             redis, namespace=topics.prefix, ttl_seconds=settings.event_id_ttl_seconds
         )
-    catalog = ToolCatalog(settings.kafka_bootstrap_servers, topics.tool_catalog)
+    catalog_topic = (shadow_of or topics).tool_catalog
+    catalog = ToolCatalog(settings.kafka_bootstrap_servers, catalog_topic)
     publisher = service_publisher(settings, "stepbus-planner")
+    payloads = None
+    if shadow_of is not None and publisher.payloads is not None:
+        live = PayloadStore(
+            settings.kafka_bootstrap_servers, shadow_of.payloads, client_id="stepbus-shadow"
+        )
+        closers.append(live.stop)
+        payloads = PayloadReaders(publisher.payloads, live)
     states = TaskStates(
         settings.kafka_bootstrap_servers,
         topics.planner_history,
@@ -201,20 +223,26 @@ def build_planner(
         critic=settings.critic,
         critic_policy=settings.critic_policy(),
         critique_timeout_seconds=settings.critique_timeout_seconds,
-        journals=KafkaJournals(settings.kafka_bootstrap_servers, topics),
+        journals=KafkaJournals(settings.kafka_bootstrap_servers, shadow_of or topics),
+        mode=mode,
     )
+    task_route = Route(tasks_adapter, handlers.on_task, handlers.on_task_arrival)
+    inputs = {topics.tasks: task_route}
+    if shadow_of is not None:
+        inputs[shadow_of.tasks] = task_route
     processor = service_processor(
         settings,
-        name="planner",
+        name="planner" if shadow_of is None else "planner-shadow",
         group_id=settings.group_id,
         routes={
-            topics.tasks: Route(tasks_adapter, handlers.on_task, handlers.on_task_arrival),
+            **inputs,
             # The step span of each journal record is its processing span (messaging
             # attributes, a link to the producer): no second span per record (measured).
             topics.planner_history: Route(history_adapter, handlers.on_history, traced=False),
         },
         publisher=publisher,
         listener=states,
+        payloads=payloads,
     )
     return Planner(settings, processor, handlers, states, catalog, publisher, closers)
 

@@ -144,6 +144,8 @@ class PlannerHandlers:
         critique_timeout_seconds: How long a task waits for a verdict; then a draft is the
             answer unjudged, and a reviewed call is not run.
         journals: Reads a recorded task's journal, for forks (None: forks fail).
+        mode: ``live``, or the ``replay`` or ``shadow`` planner: the ``mode`` label of its
+            metrics (never counted as production work).
     """
 
     def __init__(
@@ -165,8 +167,10 @@ class PlannerHandlers:
         critic_policy: CriticPolicy | None = None,
         critique_timeout_seconds: float = 30.0,
         journals: Journals | None = None,
+        mode: Literal["live", "replay", "shadow"] = "live",
     ) -> None:
         self._journals = journals
+        self._mode = mode
         self._critic = critic
         self._critic_policy = critic_policy or CriticPolicy()
         self._critique_timeout = critique_timeout_seconds
@@ -547,7 +551,7 @@ class PlannerHandlers:
                     span.set_attribute("stepbus.replay.outcome", "already_recorded")
             return []
         if isinstance(event, TaskAccepted):
-            TASKS_ACCEPTED.inc()
+            TASKS_ACCEPTED.labels(self._mode).inc()
         if state.task is None or state.task.trace is None:
             return await self._advance(state, event, context)
         with self._step_span(state, event, context):
@@ -602,7 +606,7 @@ class PlannerHandlers:
         if redone:
             attributes[REPLAY] = True
             links.append(Link(original, {"stepbus.link": "original"}))
-            REPLAYED_STEPS.labels("planner").inc()
+            REPLAYED_STEPS.labels("planner", self._mode).inc()
         else:
             ids = fixed_ids(trace_id, original.span_id)
         with ids:
@@ -635,7 +639,7 @@ class PlannerHandlers:
                 return [*outputs, *self._end(state, context.partition, decided)]
             if decided == "recorded":  # on the journal already: moved on when it arrives
                 span.set_attribute(REPLAY, True)
-                REPLAYED_STEPS.labels("planner").inc()
+                REPLAYED_STEPS.labels("planner", self._mode).inc()
                 return [*outputs, *self._store.put(state, context.partition)]
             state, _ = fold(state, decided)
             outputs.append(
@@ -670,12 +674,12 @@ class PlannerHandlers:
     def _counter(self, decided: LlmDecided, cause: CloudEvent) -> Callable[[], None]:
         """What counts a decision once it is recorded: its tokens and its step's duration
         (from the event that called for it)."""
-        usage, model = decided.data.usage, self._model.model
+        usage, model, mode = decided.data.usage, self._model.model, self._mode
         since = cause.time
 
         def counted() -> None:
-            count_tokens("planner", model, usage.prompt_tokens, usage.completion_tokens)
-            STEP_SECONDS.observe(max(0.0, (self._clock() - since).total_seconds()))
+            count_tokens("planner", model, usage.prompt_tokens, usage.completion_tokens, mode)
+            STEP_SECONDS.labels(mode).observe(max(0.0, (self._clock() - since).total_seconds()))
 
         return counted
 
@@ -1104,11 +1108,11 @@ class PlannerHandlers:
         usage, steps = state.usage, len(state.decisions)
 
         def recorded() -> None:
-            TASKS_FINISHED.labels(outcome, reason).inc()
+            TASKS_FINISHED.labels(outcome, reason, self._mode).inc()
             if task is None or task.trace is None:
                 return
             ended_at = self._clock()
-            TASK_SECONDS.labels(outcome).observe(
+            TASK_SECONDS.labels(outcome, self._mode).observe(
                 max(0.0, (ended_at - task.trace.started_at).total_seconds())
             )
             record_root_span(

@@ -109,6 +109,22 @@ class PlannerSettings(ServiceSettings):
         "(marked unjudged) and a reviewed tool call is not run.",
     )
 
+    shadow: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9-]{0,39}$",
+        description="Run as the shadow planner NAME (also `--shadow NAME`): it runs the live "
+        "tasks beside production in its own consumer group, answers tool calls, recalls and "
+        "critiques from what production records (stubs otherwise: no tool ever runs), and "
+        "writes only to `<prefix>shadow.NAME.*`; `stepbus shadow-report NAME` compares.",
+    )
+    shadow_wait_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How long a shadow waits for production to record the answer to a call "
+        "before answering it as not recorded.",
+    )
+
     def critic_policy(self) -> CriticPolicy:
         """The critic policy of tasks that do not give their own."""
         return CriticPolicy(

@@ -27,6 +27,7 @@ from .diff import TaskDiff, render, render_summary
 from .forking import fork_submission, run_fork
 from .recording import Recording, RecordingError, from_lines, load_recordings, to_lines
 from .runner import ModelMode, ReplayOptions, replay
+from .shadow import shadow_report
 
 __all__ = ["register"]
 
@@ -252,9 +253,72 @@ def fork_command(
     raise typer.Exit(EXIT_DIVERGED)
 
 
+def shadow_report_command(
+    name: Annotated[str, typer.Argument(help="The shadow (as started with --shadow NAME).")],
+    tenant: Tenant = None,
+    max_diverged: Annotated[
+        int | None,
+        typer.Option(min=0, help="Exit 1 when more compared tasks than this diverge."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")] = False,
+) -> None:
+    """Compare what the shadow planner NAME decided with production, task by task:
+    decisions, answers and tokens."""
+    _quiet()
+    settings = PlannerSettings()
+    try:
+        report = asyncio.run(shadow_report(settings, name, tenant))
+    except RecordingError as exc:
+        raise _fail(f"no shadow {name!r}: {exc}") from None
+    except Exception as exc:
+        raise _fail(
+            f"cannot read the journals at {settings.kafka_bootstrap_servers}: {exc}"
+        ) from None
+    live_tokens, shadow_tokens = report.tokens
+    diverged = sum(1 for d in report.diffs if d.status == "diverged")
+    if as_json:
+        document = {
+            "shadow": name,
+            "compared": len(report.diffs),
+            "same": len(report.diffs) - diverged,
+            "diverged": diverged,
+            "running": len(report.running),
+            "tokens": {"live": live_tokens, "shadow": shadow_tokens},
+            "tasks": [
+                {
+                    "task_id": d.task_id,
+                    "tenant": d.tenant,
+                    "status": d.status,
+                    "diverged_at": d.diverged_at,
+                    "live_end": d.recorded_end,
+                    "shadow_end": d.replayed_end,
+                }
+                for d in report.diffs
+            ],
+        }
+        typer.echo(json.dumps(document, indent=2))
+    else:
+        for d in report.diffs:
+            if d.status != "same":
+                typer.echo(render(d, f"shadow {name}").replace("recorded", "live") + "\n")
+        if report.diffs:
+            typer.echo(render_summary(report.diffs))
+        change = ""
+        if live_tokens:
+            change = f" ({(shadow_tokens - live_tokens) / live_tokens:+.0%})"
+        typer.echo(
+            f"shadow {name}: {len(report.diffs)} tasks compared, {diverged} diverged, "
+            f"{len(report.running)} still running; tokens: live {live_tokens}, shadow "
+            f"{shadow_tokens}{change}"
+        )
+    if max_diverged is not None and diverged > max_diverged:
+        raise typer.Exit(EXIT_DIVERGED)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``replay``, ``export`` and ``fork`` to the ``stepbus`` CLI (the ``stepbus.cli``
-    entry point)."""
+    """Add ``replay``, ``export``, ``fork`` and ``shadow-report`` to the ``stepbus`` CLI (the
+    ``stepbus.cli`` entry point)."""
     app.command("replay")(replay_command)
     app.command("export")(export_command)
     app.command("fork")(fork_command)
+    app.command("shadow-report")(shadow_report_command)

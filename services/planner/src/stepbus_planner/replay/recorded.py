@@ -34,13 +34,16 @@ from ..ports import ModelError, ModelToolCall, ModelTurn
 from ..state import critique_key
 from .recording import Recording
 
-__all__ = ["NOT_RECORDED", "RecordedModel", "RecordedWorld"]
+__all__ = ["NOT_RECORDED", "Answer", "RecordedModel", "RecordedWorld", "Request"]
 
 SOURCE = "urn:stepbus:replay"
 NOT_RECORDED = "not_recorded"
 """``error_type`` of a tool call the record lacks (the replay never runs a tool)."""
 
 Outcome = ToolCallCompleted | ToolCallFailed | ToolCallHeld
+Request = ToolCallRequested | MemoryRecallRequested | CritiqueRequested | ApprovalRequested
+"""What a replayed or shadow planner asks the world for."""
+Answer = Outcome | MemoryRecalled | CritiqueCompleted | CritiqueFailed | ApprovalDecided
 
 
 def _canonical(arguments: dict[str, Any]) -> str:
@@ -108,36 +111,63 @@ class RecordedWorld:
     task, else as not recorded. Each answer is rebuilt for the request (its step, position and
     idempotency key), so the planner folds it like any outcome. ``gaps`` lists what was
     answered as not recorded, for the report.
+
+    The ``find_*`` methods return None where the record has no answer (a shadow waits for
+    the live task to record one); ``answer`` gives the recorded answer or the not-recorded one.
     """
 
     def __init__(self, recordings: list[Recording]) -> None:
-        self._recordings = {(r.tenant, r.task_id): r for r in recordings}
+        self._recordings: dict[tuple[str, str], Recording] = {}
         self._calls: dict[tuple[str, str], _Calls] = {}
         self.gaps: dict[tuple[str, str], list[str]] = {}
-        for key, recording in self._recordings.items():
-            calls = _Calls()
-            decisions = recording.decisions()
-            for step, decision in decisions.items():
-                for call in decision.tool_calls:
-                    where = (step, call.call_index)
-                    calls.arguments[where] = _canonical(call.arguments)
-                    calls.by_content.setdefault((call.name, calls.arguments[where]), []).append(
-                        where
-                    )
-            for event in recording.events:
-                if isinstance(event, ToolCallCompleted | ToolCallFailed | ToolCallHeld):
-                    where = (event.data.step, event.data.call_index)
-                    calls.by_call.setdefault(where, []).append(event)
-            self._calls[key] = calls
+        for recording in recordings:
+            self.update(recording)
 
-    def _gap(self, tenant: str, task_id: str, what: str) -> None:
-        self.gaps.setdefault((tenant, task_id), []).append(what)
+    def update(self, recording: Recording) -> None:
+        """(Re)index one task's recording: it grew, or is new."""
+        key = (recording.tenant, recording.task_id)
+        self._recordings[key] = recording
+        calls = _Calls()
+        for step, decision in recording.decisions().items():
+            for call in decision.tool_calls:
+                where = (step, call.call_index)
+                calls.arguments[where] = _canonical(call.arguments)
+                calls.by_content.setdefault((call.name, calls.arguments[where]), []).append(where)
+        for event in recording.events:
+            if isinstance(event, ToolCallCompleted | ToolCallFailed | ToolCallHeld):
+                where = (event.data.step, event.data.call_index)
+                calls.by_call.setdefault(where, []).append(event)
+        self._calls[key] = calls
 
-    def tool_outcome(self, request: ToolCallRequested) -> Outcome:
+    def forget(self, tenant: str, task_id: str) -> None:
+        """Drop a task's recording and gaps."""
+        self._recordings.pop((tenant, task_id), None)
+        self._calls.pop((tenant, task_id), None)
+        self.gaps.pop((tenant, task_id), None)
+
+    def answer(self, request: Request) -> Answer:
+        """The recorded answer to ``request``, or the not-recorded one (noted in ``gaps``)."""
+        found = self.find(request)
+        return found if found is not None else self.not_recorded(request)
+
+    def find(self, request: Request) -> Answer | None:
+        """The recorded answer to ``request``, rebuilt for it; None when the record has none."""
+        if isinstance(request, ToolCallRequested):
+            return self.find_outcome(request)
+        if isinstance(request, MemoryRecallRequested):
+            recording = self._recordings.get((request.tenant, request.subject))
+            recorded = recording.recall() if recording is not None else None
+            if recorded is None:
+                return None
+            return recorded.model_copy(update={"id": derive_id(request.id, "replayed")})
+        if isinstance(request, CritiqueRequested):
+            return self._find_critique(request)
+        return self._find_approval(request)
+
+    def find_outcome(self, request: ToolCallRequested) -> Outcome | None:
         """The recorded outcome of a call, rebuilt for ``request``."""
         data = request.data
-        key = (request.tenant, request.subject)
-        calls = self._calls.get(key, _Calls())
+        calls = self._calls.get((request.tenant, request.subject), _Calls())
         arguments = _canonical(data.arguments)
         where = (data.step, data.call_index)
         candidates = [where] if calls.arguments.get(where) == arguments else []
@@ -166,81 +196,37 @@ class RecordedWorld:
                     "data": chosen.data.model_copy(update=update),
                 }
             )
-        shown = arguments if len(arguments) <= 200 else arguments[:200] + "…"
-        self._gap(request.tenant, request.subject, f"step {data.step}: {data.name} {shown}")
-        return ToolCallFailed(
-            id=derive_id(request.id, "replayed"),
-            source=SOURCE,
-            subject=request.subject,
-            tenant=request.tenant,
-            data=ToolCallFailedData(
-                step=data.step,
-                call_index=data.call_index,
-                name=data.name,
-                idempotency_key=data.idempotency_key,
-                error="not recorded: the original task made no such call, and a replay never "
-                "runs tools",
-                error_type=NOT_RECORDED,
-            ),
-        )
+        return None
 
-    def recall(self, request: MemoryRecallRequested) -> MemoryRecalled:
-        """The recorded recall, or an unavailable one when the record has none."""
-        recording = self._recordings.get((request.tenant, request.subject))
-        recorded = recording.recall() if recording is not None else None
-        if recorded is not None:
-            return recorded.model_copy(update={"id": derive_id(request.id, "replayed")})
-        self._gap(request.tenant, request.subject, "recall")
-        return MemoryRecalled(
-            id=derive_id(request.id, "replayed"),
-            source=SOURCE,
-            subject=request.subject,
-            tenant=request.tenant,
-            data=MemoryRecalledData(
-                status="unavailable", message="not recorded", recalled_at=utcnow()
-            ),
-        )
-
-    def critique(self, request: CritiqueRequested) -> CritiqueCompleted | CritiqueFailed:
-        """The recorded verdict on the same draft or call; a failed critique (the draft is
-        then the answer, unjudged) when the record judged something else or nothing."""
+    def _find_critique(
+        self, request: CritiqueRequested
+    ) -> CritiqueCompleted | CritiqueFailed | None:
+        """The recorded verdict on the same draft or call (None when the record judged
+        something else, or nothing)."""
         data = request.data
         recording = self._recordings.get((request.tenant, request.subject))
         call_index = data.call_index if data.kind == "tool_call" else None
-        key = critique_key(data.kind, data.step, call_index)
-        recorded = recording.critiques().get(key) if recording is not None else None
+        recorded = None
+        if recording is not None:
+            recorded = recording.critiques().get(critique_key(data.kind, data.step, call_index))
+        if recording is None or recorded is None:
+            return None
+        decision = recording.decisions().get(data.step)
         same = False
-        if recording is not None and recorded is not None:
-            decision = recording.decisions().get(data.step)
-            if decision is not None and data.kind == "answer":
-                same = decision.content == data.draft
-            elif decision is not None:
-                planned = next((c for c in decision.tool_calls if c.call_index == call_index), None)
-                same = planned is not None and (planned.name, _canonical(planned.arguments)) == (
-                    data.tool,
-                    _canonical(data.arguments or {}),
-                )
-        if recorded is not None and same:
-            return recorded.model_copy(update={"id": derive_id(request.id, "replayed")})
-        self._gap(request.tenant, request.subject, f"critique of {data.kind} at step {data.step}")
-        return CritiqueFailed(
-            id=derive_id(request.id, "replayed"),
-            source=SOURCE,
-            subject=request.subject,
-            tenant=request.tenant,
-            data=CritiqueFailedData(
-                kind=data.kind,
-                step=data.step,
-                call_index=call_index,
-                attempts=0,
-                reason="model_error",
-                message="not recorded: the record holds no verdict on this "
-                + ("draft" if data.kind == "answer" else "call"),
-            ),
-        )
+        if decision is not None and data.kind == "answer":
+            same = decision.content == data.draft
+        elif decision is not None:
+            planned = next((c for c in decision.tool_calls if c.call_index == call_index), None)
+            same = planned is not None and (planned.name, _canonical(planned.arguments)) == (
+                data.tool,
+                _canonical(data.arguments or {}),
+            )
+        if not same:
+            return None
+        return recorded.model_copy(update={"id": derive_id(request.id, "replayed")})
 
-    def approval(self, request: ApprovalRequested) -> ApprovalDecided:
-        """The recorded decision on a held call; denied when the record has none."""
+    def _find_approval(self, request: ApprovalRequested) -> ApprovalDecided | None:
+        """The recorded decision on the same held call."""
         data = request.data
         recording = self._recordings.get((request.tenant, request.subject))
         resolved = None
@@ -254,9 +240,8 @@ class RecordedWorld:
                 ),
                 None,
             )
-        approved = resolved is not None and resolved.data.outcome == "approved"
         if resolved is None:
-            self._gap(request.tenant, request.subject, f"approval at step {data.step}")
+            return None
         return ApprovalDecided(
             id=derive_id(request.id, "replayed"),
             source=SOURCE,
@@ -264,8 +249,70 @@ class RecordedWorld:
             tenant=request.tenant,
             data=ApprovalDecidedData(
                 approval_id=data.approval_id,
-                decision="approve" if approved else "deny",
-                by=(resolved.data.by if resolved is not None and resolved.data.by else "replay"),
-                reason=resolved.data.reason if resolved is not None else "not recorded",
+                decision="approve" if resolved.data.outcome == "approved" else "deny",
+                by=resolved.data.by or "replay",
+                reason=resolved.data.reason,
+            ),
+        )
+
+    def not_recorded(self, request: Request) -> Answer:
+        """The answer to a request the record has none for, noted in ``gaps``: a tool call
+        fails (``error_type=not_recorded``, nothing runs), a recall is unavailable, a critique
+        fails (the draft is the answer, unjudged), an approval is denied."""
+        key = (request.tenant, request.subject)
+        envelope: dict[str, Any] = {
+            "id": derive_id(request.id, "replayed"),
+            "source": SOURCE,
+            "subject": request.subject,
+            "tenant": request.tenant,
+        }
+        if isinstance(request, ToolCallRequested):
+            data = request.data
+            arguments = _canonical(data.arguments)
+            shown = arguments if len(arguments) <= 200 else arguments[:200] + "…"
+            self.gaps.setdefault(key, []).append(f"step {data.step}: {data.name} {shown}")
+            return ToolCallFailed(
+                **envelope,
+                data=ToolCallFailedData(
+                    step=data.step,
+                    call_index=data.call_index,
+                    name=data.name,
+                    idempotency_key=data.idempotency_key,
+                    error="not recorded: the original task made no such call, and a replay "
+                    "never runs tools",
+                    error_type=NOT_RECORDED,
+                ),
+            )
+        if isinstance(request, MemoryRecallRequested):
+            self.gaps.setdefault(key, []).append("recall")
+            return MemoryRecalled(
+                **envelope,
+                data=MemoryRecalledData(
+                    status="unavailable", message="not recorded", recalled_at=utcnow()
+                ),
+            )
+        if isinstance(request, CritiqueRequested):
+            data_c = request.data
+            self.gaps.setdefault(key, []).append(f"critique of {data_c.kind} at step {data_c.step}")
+            return CritiqueFailed(
+                **envelope,
+                data=CritiqueFailedData(
+                    kind=data_c.kind,
+                    step=data_c.step,
+                    call_index=data_c.call_index if data_c.kind == "tool_call" else None,
+                    attempts=0,
+                    reason="model_error",
+                    message="not recorded: the record holds no verdict on this "
+                    + ("draft" if data_c.kind == "answer" else "call"),
+                ),
+            )
+        self.gaps.setdefault(key, []).append(f"approval at step {request.data.step}")
+        return ApprovalDecided(
+            **envelope,
+            data=ApprovalDecidedData(
+                approval_id=request.data.approval_id,
+                decision="deny",
+                by="replay",
+                reason="not recorded",
             ),
         )

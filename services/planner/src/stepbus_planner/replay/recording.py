@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,7 @@ __all__ = [
     "from_lines",
     "key_partition",
     "load_recordings",
+    "read_journals",
     "redact",
     "to_lines",
 ]
@@ -114,28 +115,29 @@ def key_partition(key: bytes, count: int) -> int:
     return int(murmur2(key) & 0x7FFFFFFF) % count
 
 
-async def load_recordings(
+async def read_journals(
     bootstrap_servers: str,
     topics: Topics,
-    task_ids: list[str],
+    task_ids: Collection[str] | None,
     tenant: str | None = None,
-) -> list[Recording]:
-    """Read the journals of ``task_ids`` from ``planner.history``.
+) -> dict[tuple[str, str], Recording]:
+    """The journals in ``planner.history`` of ``task_ids`` (None: of every task), by
+    (tenant, task id).
 
     Only the partitions the ids hash to are read, from their beginning (the journal keeps
     7 days); records of other keys are skipped before they are decoded. Claim checks are
-    resolved; a record that cannot be decoded or resolved is skipped.
+    resolved; a record that cannot be decoded or resolved is skipped; a redelivered record
+    is counted, not repeated.
 
     Raises:
-        RecordingError: A task has no journal, or its id is used by several tenants and
-            ``tenant`` does not say which.
+        RecordingError: The topic does not exist.
     """
     partitions = await topic_partitions(bootstrap_servers, topics.planner_history)
     if not partitions:
         raise RecordingError(f"topic {topics.planner_history} not found")
     count = len(partitions)
-    wanted = {task_id.encode(): task_id for task_id in task_ids}
-    assigned = sorted({key_partition(key, count) for key in wanted})
+    wanted = None if task_ids is None else {task_id.encode() for task_id in task_ids}
+    assigned = range(count) if wanted is None else sorted({key_partition(k, count) for k in wanted})
     found: dict[tuple[str, str], Recording] = {}
     seen_ids: dict[tuple[str, str], set[str]] = {}
     payloads = PayloadStore(bootstrap_servers, topics.payloads, client_id="stepbus-replay")
@@ -149,7 +151,7 @@ async def load_recordings(
     try:
         tps = [TopicPartition(topics.planner_history, p) for p in assigned]
         async for record in iter_to_end(consumer, tps):
-            if record.key not in wanted or record.value is None:
+            if record.value is None or (wanted is not None and record.key not in wanted):
                 continue
             try:
                 value = await payloads.resolve(record.value)
@@ -169,6 +171,23 @@ async def load_recordings(
     finally:
         await consumer.stop()
         await payloads.stop()
+    return found
+
+
+async def load_recordings(
+    bootstrap_servers: str,
+    topics: Topics,
+    task_ids: list[str],
+    tenant: str | None = None,
+) -> list[Recording]:
+    """Read the journals of ``task_ids`` from ``planner.history`` (``read_journals``), in the
+    order asked.
+
+    Raises:
+        RecordingError: A task has no journal, or its id is used by several tenants and
+            ``tenant`` does not say which.
+    """
+    found = await read_journals(bootstrap_servers, topics, task_ids, tenant)
     recordings = []
     for task_id in task_ids:
         mine = [r for (t, i), r in found.items() if i == task_id]

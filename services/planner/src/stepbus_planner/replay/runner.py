@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 from stepbus_contracts import (
     MAX_DEADLINE_SECONDS,
+    ApprovalDecided,
     ApprovalRequested,
     CloudEvent,
     CritiqueRequested,
@@ -35,6 +36,7 @@ from stepbus_contracts import (
     TaskFailed,
     TaskSubmitted,
     TaskSubmittedData,
+    ToolCallRequested,
     ToolRegistered,
     ToolRegisteredData,
     Topics,
@@ -52,7 +54,7 @@ from ..app import build_planner, openai_model
 from ..ports import ChatModel, ModelTurn
 from ..settings import PlannerSettings
 from .diff import TaskDiff, compare
-from .recorded import SOURCE, RecordedModel, RecordedWorld
+from .recorded import SOURCE, Answer, RecordedModel, RecordedWorld
 from .recording import Recording
 
 __all__ = ["ReplayOptions", "replay"]
@@ -156,6 +158,15 @@ async def _copy_catalog(bootstrap: str, live: Topics, ns: Topics, recordings: li
     await publish([Emit(ns.tool_catalog, tool, key=name) for name, tool in sorted(found.items())])
 
 
+REQUESTS = (ToolCallRequested, MemoryRecallRequested, CritiqueRequested, ApprovalRequested)
+"""What a replayed (or shadow) planner asks of the world, on the namespace's topics."""
+
+
+def answer_emit(ns: Topics, answer: Answer) -> Emit:
+    """Where an answer goes: a person's decision to the tasks topic, the rest to the journal."""
+    return Emit(ns.tasks if isinstance(answer, ApprovalDecided) else ns.planner_history, answer)
+
+
 async def _as_is(value: bytes | None) -> bytes | None:
     """A record's value when no claim checks are configured."""
     return value
@@ -220,21 +231,12 @@ class _Watcher:
             log.warning("replay: skipped an undecodable record on %s: %s", topic, exc)
             return
         ns = self._ns
-        answers: list[Emit] = []
-        if topic == ns.tool_calls:
-            answers.append(Emit(ns.planner_history, self._world.tool_outcome(event)))
-        elif topic == ns.memory_requests and isinstance(event, MemoryRecallRequested):
-            answers.append(Emit(ns.planner_history, self._world.recall(event)))
-        elif topic == ns.critic_requests and isinstance(event, CritiqueRequested):
-            answers.append(Emit(ns.planner_history, self._world.critique(event)))
-        elif topic == ns.results and isinstance(event, ApprovalRequested):
-            answers.append(Emit(ns.tasks, self._world.approval(event)))
+        if isinstance(event, REQUESTS):
+            await self._publish([answer_emit(ns, self._world.answer(event))])
         elif topic == ns.results and isinstance(event, TaskCompleted | TaskFailed | TaskCancelled):
             self._journal(event)
         elif topic == ns.planner_history:
             self._journal(event)
-        if answers:
-            await self._publish(answers)
 
     def _journal(self, event: JournalEvent | CloudEvent) -> None:
         if event.id in self._seen:
@@ -281,7 +283,7 @@ async def _replay_group(
     await ensure_topics(
         bootstrap, ns, replication_factor=settings.topic_replication_factor, partitions=1
     )
-    planner = build_planner(psettings, model=model, check_event_ids=False)
+    planner = build_planner(psettings, model=model, check_event_ids=False, mode="replay")
     background: list[asyncio.Task[None]] = []
     watcher = _Watcher(
         bootstrap,
