@@ -12,15 +12,17 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from stepbus_runtime.claimcheck import claim_reference
 
-from ..harness import LOGS, TopicReader
+from ..harness import LOGS, ServiceProcess, TopicReader, free_port, wait_until
 from .conftest import Stack, running_stack
-from .test_task_flow import run_task, terminals
+from .test_task_flow import cloudevent, publish_plain, run_task, terminals
 
 pytestmark = pytest.mark.e2e
 
@@ -275,3 +277,117 @@ async def test_a_fork_at_step_2_continues_live_to_a_result_and_leaves_the_origin
     other = await asyncio.to_thread(stepbus, stack, "fork", calc, "--at-step", "9")
     assert other.returncode == 2
     assert f"task {calc!r} has steps 0-3: cannot fork at step 9" in other.stderr
+
+
+SHADOWED = [
+    {"input": "What is 17 * 23, then (391 - 1) / 2, then 2 + 2?", "tools": ["calculator"]},
+    {"input": "Compute 1+2, then (3*4)-5, then 2^10", "tools": ["calculator"]},
+    {"input": "What is 17 * 23?", "tools": ["calculator"]},
+]
+LIVE_TOPICS = ("results", "planner_history", "tool_calls", "memory_requests", "critic_requests")
+
+
+async def run_batch(stack: Stack, tenant: str) -> list[str]:
+    """Submit the ``SHADOWED`` tasks at once as ``tenant`` (its memory is empty); their ids once
+    every one has ended."""
+    ids = [f"{tenant}-{i}" for i in range(len(SHADOWED))]
+    async with TopicReader(stack.bootstrap, stack.topics.results) as results:
+        await publish_plain(
+            stack.bootstrap,
+            stack.topics.tasks,
+            [
+                (i, cloudevent(i, body, tenant=tenant))
+                for i, body in zip(ids, SHADOWED, strict=True)
+            ],
+        )
+        await results.wait_for(
+            lambda ev: all(terminals(ev, i) for i in ids), 90, "the batch to end"
+        )
+    return ids
+
+
+async def live_records(stack: Stack, ids: list[str]) -> dict[str, list[list[Any]]]:
+    """Per live topic, per task (in order): what its records say, less what differs between
+    two runs by construction (ids, times, tenant, durations)."""
+    volatile = {"id", "time", "tenant", "subject", "traceparent", "tracestate"}
+    out: dict[str, list[list[Any]]] = {}
+    for name in LIVE_TOPICS:
+        async with TopicReader(stack.bootstrap, getattr(stack.topics, name)) as reader:
+            for _ in range(20):
+                await reader.poll()
+            per_task = []
+            for task_id in ids:
+                values = [r.value for r in reader.records if r.key == task_id.encode()]
+                per_task.append([_stable(json.loads(v), volatile) for v in values])
+            out[name] = per_task
+    return out
+
+
+def _stable(value: Any, volatile: set[str]) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _stable(v, volatile)
+            for k, v in value.items()
+            if k not in volatile and not k.endswith(("_ms", "_at", "_by", "_id", "_key", "seconds"))
+        }
+    if isinstance(value, list):
+        return [_stable(v, volatile) for v in value]
+    return value
+
+
+async def test_a_shadow_planner_changes_no_live_result_and_its_report_counts_the_divergences(
+    stack: Stack,
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    baseline = await run_batch(stack, f"base{run}")
+    port = free_port()
+    shadow = ServiceProcess(
+        "planner-shadow",
+        ["stepbus_planner", "--shadow", f"terse{run}"],
+        {
+            **stack.services["planner"].env,
+            "STEPBUS_PLANNER_METRICS_PORT": str(port),
+            "STEPBUS_PLANNER_SYSTEM_PROMPT": "You are a careful assistant. Give the bare "
+            "results. [terse]",
+        },
+        f"http://127.0.0.1:{port}/readyz",
+    )
+    shadow.start()
+    try:
+        await shadow.wait_ready()
+        shadowed = await run_batch(stack, f"shad{run}")
+
+        async def compared() -> dict[str, Any] | None:
+            done = await asyncio.to_thread(stepbus, stack, "shadow-report", f"terse{run}", "--json")
+            assert done.returncode == 0, done.stderr
+            document = json.loads(done.stdout)
+            return document if document["compared"] == len(SHADOWED) else None
+
+        report = await wait_until(compared, 60, "the shadow to finish its tasks")
+        async with httpx.AsyncClient() as client:
+            metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    finally:
+        shadow.stop()
+
+    # Production saw nothing of the shadow: every live topic holds, for each task, the same
+    # records as for the same task without a shadow.
+    assert await live_records(stack, shadowed) == await live_records(stack, baseline)
+    # The changed prompt shortens both multi-result answers; the single result is the same.
+    assert (report["same"], report["diverged"], report["running"]) == (1, 2, 0)
+    by_task = {t["task_id"]: t for t in report["tasks"]}
+    assert by_task[shadowed[0]]["diverged_at"] == 3 and by_task[shadowed[1]]["diverged_at"] == 3
+    assert by_task[shadowed[2]]["status"] == "same"
+    assert report["tokens"]["live"] > 0 and report["tokens"]["shadow"] > 0
+    # Its work is counted as shadow work, never as production's.
+    assert 'stepbus_tasks_finished_total{mode="shadow",outcome="completed",reason=""} 3.0' in (
+        metrics
+    )
+    assert 'mode="live"' not in metrics.split("stepbus_tasks_finished_total", 1)[1][:2000]
+
+    text = await asyncio.to_thread(stepbus, stack, "shadow-report", f"terse{run}")
+    assert f"shadow terse{run}: 3 tasks compared, 2 diverged, 0 still running" in text.stdout
+    assert "<- diverged at step 3" in text.stdout
+    gate = await asyncio.to_thread(
+        stepbus, stack, "shadow-report", f"terse{run}", "--max-diverged", "1"
+    )
+    assert gate.returncode == 1
