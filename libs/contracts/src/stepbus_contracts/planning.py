@@ -56,6 +56,17 @@ class TaskTrace(EventData):
     )
     sampled: bool = Field(default=True, description="Whether the trace is recorded.")
     started_at: Timestamp = Field(description="When the task entered stepbus.")
+    origin_trace_id: str | None = Field(
+        default=None,
+        pattern=TRACE_ID_PATTERN,
+        description="A replayed or shadow run's own trace links to the original task's: its "
+        "trace id (null for production tasks).",
+    )
+    origin_span_id: str | None = Field(
+        default=None,
+        pattern=SPAN_ID_PATTERN,
+        description="The original task's root span (with `origin_trace_id`).",
+    )
 
 
 class TokenUsage(EventData):

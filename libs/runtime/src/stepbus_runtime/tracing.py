@@ -47,12 +47,14 @@ from opentelemetry.util.types import AttributeValue
 from stepbus_contracts import TaskTrace
 
 __all__ = [
+    "MODE",
     "REPLAY",
     "STEP",
     "TASK_ID",
     "TENANT",
     "Headers",
     "derived_span_id",
+    "derived_trace",
     "extract_context",
     "fixed_id_override",
     "fixed_ids",
@@ -61,6 +63,7 @@ __all__ = [
     "is_own_span",
     "new_root",
     "note_own_span",
+    "origin_link",
     "record_root_span",
     "task_context",
     "task_trace",
@@ -73,6 +76,8 @@ TENANT = "stepbus.tenant"
 STEP = "stepbus.step"
 REPLAY = "stepbus.replay"
 """True on a span that redoes, after a crash or a redelivery, a step recorded before."""
+MODE = "stepbus.mode"
+"""``replay`` or ``shadow`` on the spans of a replayed or shadow run (absent on production's)."""
 
 Headers = list[tuple[str, bytes]]
 
@@ -223,6 +228,41 @@ def task_trace(
         sampled=sampled,
         started_at=started_at,
     )
+
+
+def derived_trace(base: TaskTrace, origin: SpanContext | None, *namespace: str) -> TaskTrace:
+    """The own trace of a replayed or shadow run of a task, so nothing it records lands in
+    production's trace: ids derived from the original's root (``origin``, else ``base``, the
+    trace the run would otherwise join) and ``namespace``, linked to that root.
+
+    Args:
+        base: The trace ``task_trace`` gives the run's submission.
+        origin: The original task's root span, when known (a replay knows it from the record).
+        namespace: What tells this run from others (its mode and topic prefix).
+    """
+    trace_id = f"{origin.trace_id:032x}" if origin is not None else base.trace_id
+    span_id = f"{origin.span_id:016x}" if origin is not None else base.span_id
+    return TaskTrace(
+        trace_id=f"{_derive(16, trace_id, span_id, *namespace, 'trace'):032x}",
+        span_id=f"{_derive(8, trace_id, span_id, *namespace, 'root'):016x}",
+        sampled=base.sampled,
+        started_at=base.started_at,
+        origin_trace_id=trace_id,
+        origin_span_id=span_id,
+    )
+
+
+def origin_link(task: TaskTrace) -> Link | None:
+    """The link of a replayed or shadow run's span to the original task's root."""
+    if task.origin_trace_id is None or task.origin_span_id is None:
+        return None
+    origin = SpanContext(
+        int(task.origin_trace_id, 16),
+        int(task.origin_span_id, 16),
+        is_remote=True,
+        trace_flags=_flags(task.sampled),
+    )
+    return Link(origin, {"stepbus.link": "original"})
 
 
 def _flags(sampled: bool) -> TraceFlags:

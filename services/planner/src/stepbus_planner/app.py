@@ -11,6 +11,7 @@ from typing import Literal
 
 import httpx2
 import openai
+from opentelemetry.trace import SpanContext
 from redis.asyncio import BlockingConnectionPool, Redis
 from stepbus_contracts import Topics, history_adapter, tasks_adapter, utcnow
 from stepbus_runtime import (
@@ -154,6 +155,7 @@ def build_planner(
     check_event_ids: bool = True,
     mode: Mode = "live",
     shadow_of: Topics | None = None,
+    originals: Callable[[str, str, int], SpanContext | None] | None = None,
 ) -> Planner:
     """Wire the planner from its settings.
 
@@ -166,6 +168,7 @@ def build_planner(
         shadow_of: A shadow planner's live topics: it reads their tasks (and its own
             namespace's, where its world answers approvals), their tool catalog and their
             claim checks; everything it writes goes to its own namespace (``settings``).
+        originals: A rerun's original spans, which its spans link (``PlannerHandlers``).
     """
     topics = settings.topics
     closers: list[Callable[[], Awaitable[object]]] = []
@@ -225,6 +228,7 @@ def build_planner(
         critique_timeout_seconds=settings.critique_timeout_seconds,
         journals=KafkaJournals(settings.kafka_bootstrap_servers, shadow_of or topics),
         mode=mode,
+        originals=originals,
     )
     task_route = Route(tasks_adapter, handlers.on_task, handlers.on_task_arrival)
     inputs = {topics.tasks: task_route}

@@ -53,6 +53,7 @@ from stepbus_contracts import (
     TaskProgress,
     TaskProgressData,
     TaskSubmitted,
+    TaskTrace,
     ToolCallCompleted,
     ToolCallFailed,
     ToolCallFailedData,
@@ -68,13 +69,16 @@ from stepbus_runtime.genai import count_tokens
 from stepbus_runtime.logfmt import log_context
 from stepbus_runtime.metrics import DROPPED_RECORDS
 from stepbus_runtime.tracing import (
+    MODE,
     REPLAY,
     STEP,
     TASK_ID,
     TENANT,
     derived_span_id,
+    derived_trace,
     fixed_ids,
     note_own_span,
+    origin_link,
     record_root_span,
     task_context,
     task_trace,
@@ -145,7 +149,10 @@ class PlannerHandlers:
             answer unjudged, and a reviewed call is not run.
         journals: Reads a recorded task's journal, for forks (None: forks fail).
         mode: ``live``, or the ``replay`` or ``shadow`` planner: the ``mode`` label of its
-            metrics (never counted as production work).
+            metrics (never counted as production work); the latter two record their spans in
+            a trace of their own, linked to the original's.
+        originals: For a replayed or shadow planner: the original task's span of a step
+            (tenant, task id, step; step -1 is the task's root), which the run's spans link.
     """
 
     def __init__(
@@ -168,9 +175,11 @@ class PlannerHandlers:
         critique_timeout_seconds: float = 30.0,
         journals: Journals | None = None,
         mode: Literal["live", "replay", "shadow"] = "live",
+        originals: Callable[[str, str, int], SpanContext | None] | None = None,
     ) -> None:
         self._journals = journals
         self._mode = mode
+        self._originals = originals
         self._critic = critic
         self._critic_policy = critic_policy or CriticPolicy()
         self._critique_timeout = critique_timeout_seconds
@@ -270,13 +279,7 @@ class PlannerHandlers:
                     metadata=task.metadata,
                     submitted_id=event.id,
                     model=self._model.model,
-                    trace=task_trace(
-                        event.subject,
-                        event.id,
-                        context.trace_parent,
-                        _entered_at(event, self._clock()),
-                        sampled=trace.get_current_span().is_recording(),
-                    ),
+                    trace=self._task_trace(event, context),
                 )
             except ValidationError as exc:  # e.g. `tools: null` resolved to too many tools
                 fields = sorted({".".join(map(str, e["loc"])) for e in exc.errors()})
@@ -322,13 +325,7 @@ class PlannerHandlers:
                     event,
                     original,
                     model=self._model.model,
-                    trace=task_trace(
-                        event.subject,
-                        event.id,
-                        context.trace_parent,
-                        _entered_at(event, self._clock()),
-                        sampled=trace.get_current_span().is_recording(),
-                    ),
+                    trace=self._task_trace(event, context),
                     now=self._clock(),
                 )
             except ForkError as exc:
@@ -352,6 +349,21 @@ class PlannerHandlers:
         )
         history = self._topics.planner_history
         return [Emit(history, accepted), *(Emit(history, c) for c in copies), *snapshot]
+
+    def _task_trace(self, event: TaskSubmitted, context: RecordContext) -> TaskTrace:
+        """The trace a task runs in: production's, or (a replayed or shadow run) its own,
+        linked to the original's root."""
+        base = task_trace(
+            event.subject,
+            event.id,
+            context.trace_parent,
+            _entered_at(event, self._clock()),
+            sampled=trace.get_current_span().is_recording(),
+        )
+        if self._mode == "live":
+            return base
+        origin = self._originals(event.tenant, event.subject, -1) if self._originals else None
+        return derived_trace(base, origin, self._mode, self._topics.prefix)
 
     def _decided(
         self, state: TaskState, event: ApprovalDecided, context: RecordContext
@@ -602,6 +614,8 @@ class PlannerHandlers:
         }
         if copied:
             attributes["stepbus.fork.copied"] = True
+        if self._mode != "live":
+            attributes[MODE] = self._mode
         ids: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
         if redone:
             attributes[REPLAY] = True
@@ -642,6 +656,10 @@ class PlannerHandlers:
                 REPLAYED_STEPS.labels("planner", self._mode).inc()
                 return [*outputs, *self._store.put(state, context.partition)]
             state, _ = fold(state, decided)
+            if self._originals is not None:
+                original = self._originals(state.tenant, state.task_id, move.step)
+                if original is not None:  # the original task's span of the same step
+                    span.add_link(original, {"stepbus.link": "original"})
             outputs.append(
                 Emit(
                     self._topics.planner_history,
@@ -1130,9 +1148,11 @@ class PlannerHandlers:
                     "stepbus.task.outcome": outcome,
                     "stepbus.task.steps": steps,
                     **({"stepbus.task.reason": reason} if reason else {}),
+                    **({MODE: self._mode} if self._mode != "live" else {}),
                 },
                 ended_at_ns=unix_nanos(ended_at),
                 error=reason or None,
+                links=[link] if (link := origin_link(task.trace)) is not None else [],
             )
 
         return recorded

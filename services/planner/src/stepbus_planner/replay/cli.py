@@ -15,12 +15,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from stepbus_contracts import TaskCompleted, TaskFailed
+from stepbus_runtime import setup_telemetry
+from stepbus_runtime.logfmt import configure_logging
+from stepbus_runtime.telemetry import shutdown_telemetry
 
 from ..settings import PlannerSettings
 from .diff import TaskDiff, render, render_summary
@@ -64,6 +68,16 @@ def _quiet() -> None:
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s"
     )
+
+
+def _traced() -> bool:
+    """Export the replay's spans (its own traces, linked to the originals) when an OTLP
+    endpoint is configured, as the services do; warnings only on stderr either way."""
+    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return False
+    setup_telemetry("stepbus-replay")
+    configure_logging("stepbus-replay", level="WARNING", fmt="text")
+    return True
 
 
 def replay_command(
@@ -125,10 +139,14 @@ def replay_command(
         timeout_seconds=timeout,
         keep=keep,
     )
+    traced = _traced()
     try:
         diffs = asyncio.run(replay(settings, recordings, options))
     except Exception as exc:
         raise _fail(f"the replay could not run: {exc}") from None
+    finally:
+        if traced:
+            shutdown_telemetry()
     _report(diffs, model, as_json=as_json, suite=suite is not None)
     raise typer.Exit(_exit_code(diffs, max_diverged if suite is not None else 0))
 
@@ -206,9 +224,11 @@ def fork_command(
     timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for the result.")] = 300.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")] = False,
 ) -> None:
-    """Start a live task from a recorded task's history before a step (the original is not
-    touched). Exit codes: 0 the fork completed, 1 it failed or was cancelled, 2 it could not
-    start or did not end in time."""
+    """Start a live task from a recorded task's history before a step.
+
+    The original is not touched. Exit codes: 0 the fork completed, 1 it failed or was
+    cancelled, 2 it could not start or did not end in time.
+    """
     _quiet()
     settings = PlannerSettings()
     (original,) = _load(settings, [task_id], tenant)
@@ -262,8 +282,7 @@ def shadow_report_command(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")] = False,
 ) -> None:
-    """Compare what the shadow planner NAME decided with production, task by task:
-    decisions, answers and tokens."""
+    """Compare a shadow planner with production: decisions, answers, tokens."""
     _quiet()
     settings = PlannerSettings()
     try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
+from opentelemetry.trace import SpanContext
 from pydantic import ValidationError
 from stepbus_contracts import (
     CritiqueCompleted,
@@ -32,6 +33,7 @@ from stepbus_contracts import (
 )
 from stepbus_runtime import PayloadStore, iter_to_end, topic_partitions
 from stepbus_runtime.claimcheck import ClaimCheckError
+from stepbus_runtime.tracing import header_span_context
 
 from ..state import critique_key
 
@@ -70,6 +72,26 @@ class Recording:
     events: list[JournalEvent] = field(default_factory=list)
     redelivered: int = 0
     """Journal records that repeat an event already recorded (a crash's redone step)."""
+    spans: dict[int, SpanContext] = field(default_factory=dict)
+    """The span that recorded each step's decision (from its record's ``traceparent``; not in
+    a suite file)."""
+
+    def original_span(self, step: int) -> SpanContext | None:
+        """The original's span of ``step`` (-1: the task's root), for a rerun's links."""
+        if step >= 0:
+            return self.spans.get(step)
+        trace = next((e.data.trace for e in self.events if isinstance(e, TaskAccepted)), None)
+        if trace is None:
+            return None
+        return SpanContext(int(trace.trace_id, 16), int(trace.span_id, 16), is_remote=True)
+
+    def add(self, event: JournalEvent, headers: Iterable[tuple[str, bytes]] | None = None) -> None:
+        """Append a journal event (with its record's headers, when read from Kafka)."""
+        self.events.append(event)
+        if isinstance(event, LlmDecided) and headers is not None:
+            span = header_span_context(headers)
+            if span is not None:
+                self.spans.setdefault(event.data.step, span)
 
     @property
     def accepted(self) -> TaskAccepted:
@@ -167,7 +189,7 @@ async def read_journals(
                 recording.redelivered += 1
                 continue
             ids.add(event.id)
-            recording.events.append(event)
+            recording.add(event, record.headers)
     finally:
         await consumer.stop()
         await payloads.stop()

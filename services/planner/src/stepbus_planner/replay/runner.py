@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from opentelemetry.trace import SpanContext
 from pydantic import ValidationError
 from stepbus_contracts import (
     MAX_DEADLINE_SECONDS,
@@ -283,7 +284,15 @@ async def _replay_group(
     await ensure_topics(
         bootstrap, ns, replication_factor=settings.topic_replication_factor, partitions=1
     )
-    planner = build_planner(psettings, model=model, check_event_ids=False, mode="replay")
+    by_key = {(r.tenant, r.task_id): r for r in recordings}
+
+    def originals(tenant: str, task_id: str, step: int) -> SpanContext | None:
+        recording = by_key.get((tenant, task_id))
+        return recording.original_span(step) if recording is not None else None
+
+    planner = build_planner(
+        psettings, model=model, check_event_ids=False, mode="replay", originals=originals
+    )
     background: list[asyncio.Task[None]] = []
     watcher = _Watcher(
         bootstrap,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from opentelemetry.trace import SpanContext
 from pydantic import ValidationError
 from stepbus_contracts import (
     TaskCancelled,
@@ -136,7 +137,9 @@ class ShadowWorld:
                 batches = await consumer.getmany(timeout_ms=200)
                 for tp, records in batches.items():
                     for record in records:
-                        await self._on_record(tp.topic, adapters[tp.topic], record.value)
+                        await self._on_record(
+                            tp.topic, adapters[tp.topic], record.value, record.headers
+                        )
                 await self._expire()
         finally:
             await consumer.stop()
@@ -152,13 +155,15 @@ class ShadowWorld:
             log.warning("shadow: skipped an undecodable record on %s: %s", topic, exc)
             return None
 
-    async def _on_record(self, topic: str, adapter: Any, value: bytes | None) -> None:
+    async def _on_record(
+        self, topic: str, adapter: Any, value: bytes | None, headers: Any = None
+    ) -> None:
         event = await self._decode(topic, adapter, value)
         if event is None:
             return
         key = (event.tenant, event.subject)
         if topic == self._live.planner_history:
-            await self._recorded(key, event)
+            await self._recorded(key, event, headers)
         elif isinstance(event, REQUESTS):
             await self._asked(key, event)
         elif isinstance(event, Terminal):  # the shadow's task ended: nothing waits any more
@@ -167,7 +172,12 @@ class ShadowWorld:
             if journal is not None and journal.terminal() is not None:
                 self._forget(key)
 
-    async def _recorded(self, key: tuple[str, str], event: Any) -> None:
+    def original_span(self, tenant: str, task_id: str, step: int) -> SpanContext | None:
+        """Production's span of a step of the task (-1: its root), once it is recorded."""
+        journal = self._journals.get((tenant, task_id))
+        return journal.original_span(step) if journal is not None else None
+
+    async def _recorded(self, key: tuple[str, str], event: Any, headers: Any = None) -> None:
         """Production recorded ``event``: answer what waited for it."""
         seen = self._seen.setdefault(key, set())
         if event.id in seen:
@@ -179,7 +189,7 @@ class ShadowWorld:
             while len(self._journals) > self._max:
                 self._forget(next(iter(self._journals)))
         self._journals.move_to_end(key)
-        journal.events.append(event)
+        journal.add(event, headers)
         self.world.update(journal)
         waiting = self._pending.pop(key, [])
         ended = journal.terminal() is not None
@@ -266,7 +276,14 @@ async def main(settings: PlannerSettings) -> None:
     psettings = settings.model_copy(update={"topic_prefix": ns.prefix})
     await ensure_topics(bootstrap, ns, replication_factor=settings.topic_replication_factor)
     await start_at_the_end(bootstrap, f"{ns.prefix}{settings.group_id}", live.tasks)
-    planner = build_planner(psettings, check_event_ids=False, mode="shadow", shadow_of=live)
+    world: ShadowWorld | None = None
+
+    def originals(tenant: str, task_id: str, step: int) -> SpanContext | None:
+        return world.original_span(tenant, task_id, step) if world is not None else None
+
+    planner = build_planner(
+        psettings, check_event_ids=False, mode="shadow", shadow_of=live, originals=originals
+    )
     payloads = None
     if planner.publisher.payloads is not None:
         reader = PayloadStore(bootstrap, live.payloads, client_id="stepbus-shadow-world")
