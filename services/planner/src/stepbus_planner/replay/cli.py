@@ -319,7 +319,7 @@ def shadow_report_command(
     else:
         for d in report.diffs:
             if d.status != "same":
-                typer.echo(render(d, f"shadow {name}").replace("recorded", "live") + "\n")
+                typer.echo(render(d, f"shadow {name}", sides=("live", "shadow")) + "\n")
         if report.diffs:
             typer.echo(render_summary(report.diffs))
         change = ""

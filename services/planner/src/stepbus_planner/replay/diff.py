@@ -153,13 +153,19 @@ def _score(view: StepView | None) -> str:
     return "" if view is None or view.score is None else f"{view.score:.2f}"
 
 
-def render(diff: TaskDiff, mode: str = "recorded") -> str:
-    """The step-by-step diff of one task, as printed by ``stepbus replay``."""
-    lines = [f"replay of task {diff.task_id} (tenant {diff.tenant}), model: {mode}"]
+def render(
+    diff: TaskDiff, mode: str = "recorded", *, sides: tuple[str, str] = ("recorded", "replayed")
+) -> str:
+    """The step-by-step diff of one task, as printed by ``stepbus replay`` (``sides`` names
+    the two columns: ``stepbus shadow-report`` prints live and shadow)."""
+    one_side, other_side = sides
+    replay = sides == ("recorded", "replayed")
+    title = f"replay of task {diff.task_id}" if replay else f"task {diff.task_id}"
+    lines = [f"{title} (tenant {diff.tenant}), model: {mode}"]
     if diff.error is not None:
         lines.append(f"could not replay: {diff.error}")
         return "\n".join(lines)
-    header = f"{'step':>4}  {'recorded':<{_CELL}}  {'replayed':<{_CELL}}  score      tokens"
+    header = f"{'step':>4}  {one_side:<{_CELL}}  {other_side:<{_CELL}}  score      tokens"
     lines += [header, "-" * len(header)]
     steps = range(max([*diff.recorded, *diff.replayed], default=-1) + 1)
     for step in steps:
@@ -177,8 +183,8 @@ def render(diff: TaskDiff, mode: str = "recorded") -> str:
         )
     total_before = sum(v.tokens for v in diff.recorded.values())
     total_after = sum(v.tokens for v in diff.replayed.values())
-    lines.append(f"end: recorded {diff.recorded_end}, replayed {diff.replayed_end}")
-    lines.append(f"tokens: recorded {total_before}, replayed {total_after}")
+    lines.append(f"end: {one_side} {diff.recorded_end}, {other_side} {diff.replayed_end}")
+    lines.append(f"tokens: {one_side} {total_before}, {other_side} {total_after}")
     for gap in diff.gaps:
         lines.append(f"not recorded (answered as such, nothing run): {gap}")
     if diff.diverged_at is None:
@@ -187,7 +193,8 @@ def render(diff: TaskDiff, mode: str = "recorded") -> str:
         lines.append(f"diverged at step {diff.diverged_at}: the steps agree, the end does not")
     else:
         lines.append(f"diverged at step {diff.diverged_at}")
-    lines.append(f"replayed in {diff.seconds:.2f}s")
+    if replay:
+        lines.append(f"replayed in {diff.seconds:.2f}s")
     return "\n".join(lines)
 
 
