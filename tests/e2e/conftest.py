@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
+import sys
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from stepbus_contracts import Topics
@@ -30,6 +34,23 @@ class Stack:
     services: dict[str, ServiceProcess]
     gateway_url: str | None
     redis_url: str
+
+
+def mcp_server_files(kind: str, name: str, server: Path, **server_env: str) -> Path:
+    """A fresh folder under the test logs holding ``mcp.json``, a config that runs ``server``
+    (a test MCP server) as ``name`` and has it write its effects and calls there
+    (``effects.jsonl``, ``calls.jsonl``); ``server_env`` is added to the server's environment.
+    Give ``STEPBUS_MCP_CONFIG=<folder>/mcp.json`` to the stack."""
+    files = LOGS / f"{kind}-{uuid.uuid4().hex[:8]}"
+    files.mkdir(parents=True, exist_ok=True)
+    env = {
+        "STEPBUS_TEST_SIDE_EFFECTS": str(files / "effects.jsonl"),
+        "STEPBUS_TEST_CALLS": str(files / "calls.jsonl"),
+        **server_env,
+    }
+    config = {"mcpServers": {name: {"command": sys.executable, "args": [str(server)], "env": env}}}
+    (files / "mcp.json").write_text(json.dumps(config))
+    return files
 
 
 @contextlib.asynccontextmanager

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ..harness import LOGS, TopicReader, wait_until
-from .conftest import Stack, running_stack
+from ..harness import TopicReader, wait_until
+from .conftest import Stack, mcp_server_files, running_stack
 from .test_recovery import of, submit
 from .test_task_flow import run_task, terminals
 
@@ -27,24 +25,8 @@ TOOL = "effects__append_slowly"
 
 @pytest.fixture(scope="module")
 async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
-    files = LOGS / f"mcp-{uuid.uuid4().hex[:8]}"
-    files.mkdir(parents=True, exist_ok=True)
-    config = files / "mcp.json"
-    server_env = {
-        "STEPBUS_TEST_SIDE_EFFECTS": str(files / "effects.jsonl"),
-        "STEPBUS_TEST_CALLS": str(files / "calls.jsonl"),
-        "STEPBUS_TEST_DELAY": "3",
-    }
-    config.write_text(
-        json.dumps(
-            {
-                "mcpServers": {
-                    "effects": {"command": sys.executable, "args": [str(SERVER)], "env": server_env}
-                }
-            }
-        )
-    )
-    env = {"STEPBUS_MCP_CONFIG": str(config)}
+    files = mcp_server_files("mcp", "effects", SERVER, STEPBUS_TEST_DELAY="3")
+    env = {"STEPBUS_MCP_CONFIG": str(files / "mcp.json")}
     async with running_stack(kafka_bootstrap, redis_url, env=env, gateway=False) as running:
         running.files = files  # type: ignore[attr-defined]
         yield running

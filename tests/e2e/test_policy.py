@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import Any
 import pytest
 from stepbus_runtime import PayloadStore
 
-from ..harness import LOGS, TopicReader, wait_until
-from .conftest import Stack, running_stack
+from ..harness import TopicReader, wait_until
+from .conftest import Stack, mcp_server_files, running_stack
 from .test_critic import topic_events
 from .test_recovery import of, submit
 from .test_task_flow import cli, publish_plain, terminals
@@ -38,24 +37,9 @@ TRACE_URL_TEMPLATE = "http://jaeger.test:16686/trace/{trace_id}"
 
 @pytest.fixture(scope="module")
 async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
-    files = LOGS / f"policy-{uuid.uuid4().hex[:8]}"
-    files.mkdir(parents=True, exist_ok=True)
-    config = files / "mcp.json"
-    server_env = {
-        "STEPBUS_TEST_SIDE_EFFECTS": str(files / "effects.jsonl"),
-        "STEPBUS_TEST_CALLS": str(files / "calls.jsonl"),
-    }
-    config.write_text(
-        json.dumps(
-            {
-                "mcpServers": {
-                    "desk": {"command": sys.executable, "args": [str(SERVER)], "env": server_env}
-                }
-            }
-        )
-    )
+    files = mcp_server_files("policy", "desk", SERVER)
     env = {
-        "STEPBUS_MCP_CONFIG": str(config),
+        "STEPBUS_MCP_CONFIG": str(files / "mcp.json"),
         "STEPBUS_POLICY_FILE": str(POLICY),
         "STEPBUS_TRACE_URL_TEMPLATE": TRACE_URL_TEMPLATE,  # the timeline's trace links
     }

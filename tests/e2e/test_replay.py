@@ -20,8 +20,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from stepbus_runtime.claimcheck import claim_reference
 
-from ..harness import LOGS, ServiceProcess, TopicReader, free_port, wait_until
-from .conftest import Stack, running_stack
+from ..harness import ServiceProcess, TopicReader, free_port, wait_until
+from .conftest import Stack, mcp_server_files, running_stack
 from .test_task_flow import cloudevent, publish_plain, run_task, terminals
 
 pytestmark = pytest.mark.e2e
@@ -36,24 +36,11 @@ SECRET = "s3cret-value-never-exported"
 
 @pytest.fixture(scope="module")
 async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
-    files = LOGS / f"replay-{uuid.uuid4().hex[:8]}"
-    files.mkdir(parents=True, exist_ok=True)
-    config = files / "mcp.json"
-    server_env = {
-        "STEPBUS_TEST_SIDE_EFFECTS": str(files / "effects.jsonl"),
-        "STEPBUS_TEST_CALLS": str(files / "calls.jsonl"),
-        "STEPBUS_TEST_DELAY": "0",
+    files = mcp_server_files("replay", "effects", SERVER, STEPBUS_TEST_DELAY="0")
+    env = {
+        "STEPBUS_MCP_CONFIG": str(files / "mcp.json"),
+        "STEPBUS_CLAIM_CHECK_THRESHOLD_BYTES": "1024",
     }
-    config.write_text(
-        json.dumps(
-            {
-                "mcpServers": {
-                    "effects": {"command": sys.executable, "args": [str(SERVER)], "env": server_env}
-                }
-            }
-        )
-    )
-    env = {"STEPBUS_MCP_CONFIG": str(config), "STEPBUS_CLAIM_CHECK_THRESHOLD_BYTES": "1024"}
     async with running_stack(kafka_bootstrap, redis_url, env=env, gateway=False) as running:
         running.files = files  # type: ignore[attr-defined]
         yield running

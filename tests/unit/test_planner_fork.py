@@ -132,6 +132,19 @@ async def test_the_forks_input_is_a_new_user_turn_after_the_copied_steps() -> No
     assert isinstance(end, TaskCompleted) and end.data.output == "twice 391"
 
 
+async def test_a_fork_acts_with_the_submitters_roles_not_the_originals() -> None:
+    model = ScriptedModel(tool_turn(calc("17 * 23")), answer("391"), answer("391 again"))
+    loop = Loop(model)
+    loop.handlers.inner._journals = LoopJournals(loop)
+    await loop.task(submitted(roles=["admin"]))
+    lesser = fork_of(1).model_copy(
+        update={"data": fork_of(1).data.model_copy(update={"roles": ["viewer"]})}
+    )
+    await loop.task(lesser)
+    accepted = journal(loop, FORK)[0]
+    assert isinstance(accepted, TaskAccepted) and accepted.data.roles == ["viewer"]
+
+
 async def test_a_fork_at_step_zero_copies_nothing_but_the_task() -> None:
     loop = await original_then(answer("straight away"))
     await loop.task(fork_of(0))

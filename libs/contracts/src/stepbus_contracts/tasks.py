@@ -176,7 +176,7 @@ class TaskSubmittedData(EventData):
         description="Fork a recorded task of the same tenant: its history before `fork.step` "
         "is copied and the task continues live from there. A fork runs the original's task "
         "(input, tools, bounds, memory and critic, whatever this submission says of them); "
-        "the submission gives its deadline and labels.",
+        "the submission gives its deadline, labels and roles.",
     )
 
 

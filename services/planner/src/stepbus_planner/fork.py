@@ -85,6 +85,9 @@ def fork(
         update={
             "deadline_at": now + timedelta(seconds=task.deadline_seconds),
             "metadata": task.metadata or base.data.metadata,
+            # The submitter's roles, never the original's: a fork must not act with more
+            # rights than whoever asked for it (the gateway sets them from the caller's key).
+            "roles": task.roles,
             "submitted_id": submission.id,
             "model": model,
             "trace": trace,

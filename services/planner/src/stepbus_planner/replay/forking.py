@@ -16,13 +16,11 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 from stepbus_contracts import (
-    MAX_DEADLINE_SECONDS,
     ForkOrigin,
     TaskCancelled,
     TaskCompleted,
     TaskFailed,
     TaskSubmitted,
-    TaskSubmittedData,
     results_adapter,
 )
 from stepbus_runtime import Emit, EventPublisher, service_publisher, topic_partitions
@@ -63,26 +61,16 @@ def fork_submission(
     if not decided or step > decided[-1]:
         steps = f"steps 0-{decided[-1]}" if decided else "no steps"
         raise RecordingError(f"task {original.task_id!r} has {steps}: cannot fork at step {step}")
-    accepted = original.accepted
-    task = accepted.data
-    seconds = deadline_seconds or (task.deadline_at - accepted.time).total_seconds()
     new_id = task_id or f"{original.task_id[:200]}.fork-{uuid.uuid4().hex[:8]}"
+    metadata = {**original.accepted.data.metadata, "forked_from": original.task_id[:512]}
     return TaskSubmitted(
         source=FORK_SOURCE_CLI,
         subject=new_id,
         tenant=original.tenant,
-        data=TaskSubmittedData(
-            input=task.input,
-            session_id=task.session_id,
-            user_id=task.user_id,
-            roles=task.roles,
-            tools=task.tools,
-            max_iterations=task.max_iterations,
-            deadline_seconds=min(max(seconds, 1.0), MAX_DEADLINE_SECONDS),
-            token_budget=task.token_budget,
-            critic=task.critic,
-            metadata={**task.metadata, "forked_from": original.task_id[:512]},
+        data=original.submitted(
+            metadata=metadata,
             fork=ForkOrigin(task_id=original.task_id, step=step, input=input_text),
+            **({"deadline_seconds": deadline_seconds} if deadline_seconds else {}),
         ),
     )
 

@@ -18,6 +18,7 @@ from aiokafka.partitioner import murmur2
 from opentelemetry.trace import SpanContext
 from pydantic import ValidationError
 from stepbus_contracts import (
+    MAX_DEADLINE_SECONDS,
     CritiqueCompleted,
     CritiqueFailed,
     JournalEvent,
@@ -28,6 +29,7 @@ from stepbus_contracts import (
     TaskCancelled,
     TaskCompleted,
     TaskFailed,
+    TaskSubmittedData,
     Topics,
     history_adapter,
 )
@@ -104,6 +106,26 @@ class Recording:
             if isinstance(event, TaskAccepted):
                 return event
         raise RecordingError(f"task {self.task_id!r} has no acceptance on the journal")
+
+    def submitted(self, **changes: Any) -> TaskSubmittedData:
+        """The recorded task as a submission would ask for it again (its deadline as long as
+        the original's), with ``changes``."""
+        accepted = self.accepted
+        task = accepted.data
+        seconds = (task.deadline_at - accepted.time).total_seconds()
+        fields: dict[str, Any] = {
+            "input": task.input,
+            "session_id": task.session_id,
+            "user_id": task.user_id,
+            "roles": task.roles,
+            "tools": task.tools,
+            "max_iterations": task.max_iterations,
+            "deadline_seconds": min(max(seconds, 1.0), MAX_DEADLINE_SECONDS),
+            "token_budget": task.token_budget,
+            "critic": task.critic,
+            "metadata": task.metadata,
+        }
+        return TaskSubmittedData(**{**fields, **changes})
 
     def decisions(self) -> dict[int, LlmDecidedData]:
         """The model's decision of each step (the first recorded wins, as in the planner)."""

@@ -25,7 +25,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from opentelemetry.trace import SpanContext
 from pydantic import ValidationError
 from stepbus_contracts import (
-    MAX_DEADLINE_SECONDS,
     ApprovalDecided,
     ApprovalRequested,
     CloudEvent,
@@ -36,7 +35,6 @@ from stepbus_contracts import (
     TaskCompleted,
     TaskFailed,
     TaskSubmitted,
-    TaskSubmittedData,
     ToolCallRequested,
     ToolRegistered,
     ToolRegisteredData,
@@ -100,26 +98,12 @@ class HybridModel:
 
 def _submission(recording: Recording) -> TaskSubmitted:
     """The recorded task, submitted again under its recorded submission id."""
-    accepted = recording.accepted
-    task = accepted.data
-    seconds = (task.deadline_at - accepted.time).total_seconds()
     return TaskSubmitted(
-        id=task.submitted_id,
+        id=recording.accepted.data.submitted_id,
         source=SOURCE,
         subject=recording.task_id,
         tenant=recording.tenant,
-        data=TaskSubmittedData(
-            input=task.input,
-            session_id=task.session_id,
-            user_id=task.user_id,
-            roles=task.roles,
-            tools=task.tools,
-            max_iterations=task.max_iterations,
-            deadline_seconds=min(max(seconds, 1.0), MAX_DEADLINE_SECONDS),
-            token_budget=task.token_budget,
-            critic=task.critic,
-            metadata=task.metadata,
-        ),
+        data=recording.submitted(),
     )
 
 
