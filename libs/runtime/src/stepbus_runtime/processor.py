@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -170,6 +171,10 @@ class Processor:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_records=500,
+            # Partition p of every input topic to the same member: a task's commands and its
+            # journal (or a call and its ledger) are handled by one replica. aiokafka's default,
+            # round robin, splits them with 4 or 5 members over 6 partitions.
+            partition_assignment_strategy=(RangePartitionAssignor,),
         )
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
