@@ -3,8 +3,16 @@ SHELL := /bin/bash
 UV ?= uv
 PY := $(UV) run --frozen python
 PYTEST_ARGS ?=
+# helm for the chart tests (helm lint, helm template), built from source with `go install`.
+HELM_VERSION ?= v3.21.4
+# What helm's release builds stamp in (its own version; the Kubernetes version of its client-go,
+# which `helm template` and the lint deprecation checks assume).
+HELM_LDFLAGS := -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	$(foreach pkg,chartutil lint/rules,-X helm.sh/helm/v3/pkg/$(pkg).k8sVersionMajor=1 \
+	-X helm.sh/helm/v3/pkg/$(pkg).k8sVersionMinor=36)
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 
-.PHONY: help setup deps jars up down status run test test-unit lint schemas bench chaos fuzz eval-memory clean
+.PHONY: help setup deps jars helm up down status run test test-unit lint schemas bench chaos fuzz eval-memory clean
 
 help:
 	@echo "make run      start the local stack (Kafka, Redis, services) and run a demo task"
@@ -16,6 +24,7 @@ help:
 	@echo "make chaos    200 tasks while services, the broker and Redis are killed or flushed"
 	@echo "make fuzz     10,000 bad records on every consumed topic among 200 valid tasks (FUZZ_ARGS)"
 	@echo "make lint     ruff format --check, ruff check, mypy (strict on libs/)"
+	@echo "make helm     build helm $(HELM_VERSION) into .stepbus/bin (go install; kept once built)"
 
 setup: deps jars
 
@@ -25,6 +34,13 @@ deps:
 
 jars:
 	bash deploy/local/kafka.sh fetch
+
+helm:
+	@if [ -x .stepbus/bin/helm ]; then exit 0; fi; \
+	[ -x "$(GO)" ] || { echo "stepbus: Go is required to build helm (https://go.dev/dl, 1.24 or newer)"; exit 1; }; \
+	echo "stepbus: building helm $(HELM_VERSION) into .stepbus/bin"; \
+	GOBIN="$(CURDIR)/.stepbus/bin" "$(GO)" install -ldflags "$(HELM_LDFLAGS)" \
+		helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 up: setup
 	$(PY) -m stepbus_devtools.stack up
@@ -42,7 +58,7 @@ run: up
 	$(UV) run --frozen stepbus submit "What did I ask you before, and what did you answer?" \
 		--tool calculator --session $$S --follow
 
-test: setup
+test: setup helm
 	@command -v redis-server >/dev/null || { echo "stepbus: redis-server is required: apt-get install -y redis-server"; exit 1; }
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
