@@ -126,8 +126,13 @@ async def reconcile_topics(
     *,
     replication_factor: int,
     partitions: Mapping[str, int] | None = None,
+    wait_seconds: float = 60.0,
 ) -> None:
-    """Create the missing topics, then raise partitions and set configs to the catalog's."""
+    """Create the missing topics, then raise partitions and set configs to the catalog's.
+
+    Returns once every raised partition has a leader, waiting up to ``wait_seconds`` for the
+    broker (and for new partitions to show in its metadata).
+    """
     desired = desired_specs(topics, partitions or {})
     await ensure_topics(bootstrap_servers, topics, replication_factor=replication_factor)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
@@ -139,6 +144,7 @@ async def reconcile_topics(
         raise_to = partition_increases(desired, counts)
         if raise_to:
             await admin.create_partitions({n: NewPartitions(c) for n, c in raise_to.items()})
+            await _wait_for_partitions(admin, raise_to, wait_seconds)
             log.info("raised partitions %s", raise_to)
         responses = await admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
@@ -165,6 +171,27 @@ async def reconcile_topics(
             log.info("updated the configs of %s", sorted(updates))
     finally:
         await admin.close()
+
+
+async def _wait_for_partitions(
+    admin: AIOKafkaAdminClient, counts: Mapping[str, int], wait_seconds: float
+) -> None:
+    """Until every topic of ``counts`` shows that many partitions, each with a leader."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    while True:
+        described = await admin.describe_topics(list(counts))
+        led = {
+            t["topic"]
+            for t in described
+            if len(t["partitions"]) >= counts[t["topic"]]
+            and all(p["error_code"] == 0 and p["leader"] >= 0 for p in t["partitions"])
+        }
+        if led >= set(counts):
+            return
+        if loop.time() > deadline:
+            raise TimeoutError(f"new partitions of {sorted(set(counts) - led)} have no leader")
+        await asyncio.sleep(0.2)
 
 
 def _partition_arg(text: str) -> tuple[str, int]:
