@@ -232,6 +232,8 @@ def test_the_values_schema_refuses_unknown_keys_everywhere() -> None:
         assert "additionalProperties" in node, f"{path} accepts any key"
         if "properties" in node:
             assert node["additionalProperties"] is False, path
+        elif path == ".properties.global":
+            continue  # a parent chart's shared values, passed when this chart is a dependency
         elif node["additionalProperties"] is True:
             # Kubernetes objects passed through (tolerations, affinity, EnvVars, volumes,
             # NetworkPolicyPeers) are validated where they are rendered, strictly, below.
