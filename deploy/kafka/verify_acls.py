@@ -154,8 +154,9 @@ _client_init = AIOKafkaClient.__init__
 
 
 def _init(self: AIOKafkaClient, *args: Any, **kwargs: Any) -> None:
-    # The services' clients take no security settings yet (docs/security.md, "What stays
-    # open"), so every client built while a principal is set is made to log in as it.
+    # The services' clients read one set of STEPBUS_KAFKA_* settings per process; this probe
+    # acts as every principal in turn in one process, so each client built while a principal
+    # is set is made to log in as it.
     if _principal is not None:
         kwargs.update(
             security_protocol="SASL_PLAINTEXT",

@@ -12,6 +12,8 @@ from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from aiokafka.protocol.admin import DeleteGroupsRequest
 from stepbus_contracts import Topics, TopicSpec
 
+from .kafka_security import kafka_options
+
 __all__ = ["delete_namespace", "ensure_topics", "topic_partitions"]
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ async def ensure_topics(
         specs = [(name, replace(spec, partitions=partitions)) for name, spec in specs]
     deadline = asyncio.get_running_loop().time() + wait_seconds
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **kafka_options())
         try:
             await admin.start()
             existing = set(await admin.list_topics())
@@ -108,7 +110,7 @@ async def _all_led(admin: AIOKafkaAdminClient, specs: dict[str, TopicSpec]) -> b
 
 async def topic_partitions(bootstrap_servers: str, *topics: str) -> list[TopicPartition]:
     """Every partition of ``topics`` (for readers that assign partitions themselves)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **kafka_options())
     await admin.start()
     try:
         described = await admin.describe_topics(list(topics))
@@ -128,7 +130,7 @@ async def delete_namespace(bootstrap_servers: str, topics: Topics, groups: list[
     Topics that do not exist are skipped. A group still with members, or already gone, is
     left to the broker (an empty group expires with its offsets).
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **kafka_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -33,6 +33,7 @@ from stepbus_contracts import CHUNK_BYTES, MAX_PAYLOAD_BYTES, CloudEvent, Payloa
 
 from .admin import topic_partitions
 from .errors import PermanentError, RetryableError
+from .kafka_security import kafka_options
 
 __all__ = [
     "CHUNK_BYTES",
@@ -117,6 +118,7 @@ class PayloadStore:
             enable_idempotence=True,
             acks="all",
             linger_ms=0,
+            **kafka_options(),
         )
         self._client_id = client_id
         self._reader: AIOKafkaConsumer | None = None  # made on the first fetch
@@ -216,6 +218,7 @@ class PayloadStore:
                 # data, and a long-polling fetch left in flight after a read would hold up the
                 # next fetch's offset requests on the connection by up to half a second.
                 fetch_max_wait_ms=10,
+                **kafka_options(),
             )
             await reader.start()
             self._reader = reader

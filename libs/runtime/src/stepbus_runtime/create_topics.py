@@ -26,6 +26,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from stepbus_contracts import Topics, TopicSpec
 
 from .admin import ensure_topics
+from .kafka_security import kafka_options
 from .settings import ServiceSettings
 
 __all__ = [
@@ -135,7 +136,7 @@ async def reconcile_topics(
     """
     desired = desired_specs(topics, partitions or {})
     await ensure_topics(bootstrap_servers, topics, replication_factor=replication_factor)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **kafka_options())
     await admin.start()
     try:
         names = [name for name, _ in desired]

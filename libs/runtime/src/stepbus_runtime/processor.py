@@ -41,6 +41,7 @@ from .claimcheck import ClaimCheckError, PayloadReaders, PayloadRef, PayloadStor
 from .codec import decode
 from .deadletter import dead_letter
 from .errors import DecodeError, PermanentError
+from .kafka_security import kafka_options
 from .logfmt import bind, reset
 from .logs import clip
 from .metrics import CONSUMER_LAG, DLQ_RECORDS, IN_FLIGHT, RECORD_SECONDS, RECORDS
@@ -175,6 +176,7 @@ class Processor:
             # journal (or a call and its ledger) are handled by one replica. aiokafka's default,
             # round robin, splits them with 4 or 5 members over 6 partitions.
             partition_assignment_strategy=(RangePartitionAssignor,),
+            **kafka_options(),
         )
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}

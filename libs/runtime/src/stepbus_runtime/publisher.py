@@ -11,6 +11,7 @@ from stepbus_contracts import CloudEvent
 
 from .claimcheck import PayloadStore, claim_value
 from .codec import encode
+from .kafka_security import kafka_options
 from .tracing import Headers, inject_context
 
 __all__ = ["Emit", "EventPublisher"]
@@ -68,6 +69,7 @@ class EventPublisher:
             linger_ms=0,
             max_request_size=max_request_size,
             compression_type=None,
+            **kafka_options(),
         )
         self._claim_check_threshold = claim_check_threshold
         self.max_request_size = max_request_size

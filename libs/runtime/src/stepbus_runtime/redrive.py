@@ -52,6 +52,7 @@ from aiokafka.errors import OffsetOutOfRangeError
 from stepbus_contracts import DEFAULT_PREFIX, Topics, utcnow
 
 from .admin import ensure_topics, topic_partitions
+from .kafka_security import kafka_options
 from .publisher import EventPublisher
 from .replay import iter_to_end
 
@@ -187,6 +188,7 @@ async def redrive(
         client_id="stepbus-redrive",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        **kafka_options(),
     )
     publisher = EventPublisher(bootstrap_servers, "stepbus-redrive")
     await consumer.start()
@@ -245,6 +247,7 @@ async def _original(bootstrap_servers: str, letter: DeadLetter) -> DeadLetter:
         enable_auto_commit=False,
         auto_offset_reset="none",
         max_partition_fetch_bytes=64 * 1024 * 1024,
+        **kafka_options(),
     )
     await consumer.start()
     try:

@@ -41,6 +41,7 @@ from stepbus_runtime import (
     iter_to_end,
     topic_partitions,
 )
+from stepbus_runtime.kafka_security import kafka_options
 from stepbus_runtime.metrics import RECORDS
 
 from .projection import Generation, ResultEvent, TaskProjection, is_outage
@@ -219,6 +220,7 @@ class ProjectionRebuilder:
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",  # retention may delete the start while we read
+            **kafka_options(),
         )
         try:
             await consumer.start()

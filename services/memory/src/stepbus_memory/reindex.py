@@ -21,6 +21,7 @@ import time
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 from stepbus_runtime import PayloadStore, clip, iter_latest, setup_telemetry, topic_partitions
+from stepbus_runtime.kafka_security import kafka_options
 
 from .app import build_embedder, build_store
 from .journal import ForgetMarker, ForgetMarkerData, ItemRecord, forgotten, item_of
@@ -37,7 +38,9 @@ async def reindex(settings: MemorySettings, *, tenant: str | None = None, batch:
     topic = settings.topics.memory_items
     payloads = PayloadStore(settings.kafka_bootstrap_servers, settings.topics.payloads)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_auto_commit=False,
+        **kafka_options(),
     )
     items: list[tuple[MemoryItem, str]] = []  # and the text each is found by
     markers: dict[str, ForgetMarkerData] = {}

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from stepbus_contracts import MemoryTurn
 from stepbus_runtime import PayloadStore, clip, iter_latest, topic_partitions
+from stepbus_runtime.kafka_security import kafka_options
 
 from .journal import ForgetMarker, ForgetMarkerData, SessionRecord, forget_key, forgotten
 
@@ -161,7 +162,9 @@ class SessionMemory:
         self, bootstrap_servers: str, topic: str, payloads: PayloadStore | None
     ) -> None:
         started = time.monotonic()
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers, enable_auto_commit=False, **kafka_options()
+        )
         await consumer.start()
         records: list[SessionRecord] = []
         markers: dict[str, ForgetMarkerData] = {}

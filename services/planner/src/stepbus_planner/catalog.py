@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from stepbus_contracts import ToolRegisteredData, tool_catalog_adapter
 from stepbus_runtime import DecodeError, clip, decode, topic_partitions
+from stepbus_runtime.kafka_security import kafka_options
 
 __all__ = ["ToolCatalog"]
 
@@ -59,7 +60,9 @@ class ToolCatalog:
         tps = await topic_partitions(self._bootstrap, self._topic)
         if not tps:
             raise RuntimeError(f"the tool catalog topic {self._topic!r} does not exist")
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap, enable_auto_commit=False, **kafka_options()
+        )
         await consumer.start()
         try:
             consumer.assign(tps)

@@ -51,6 +51,7 @@ from stepbus_runtime import (
     read_to_end,
     resolve_or_skip,
 )
+from stepbus_runtime.kafka_security import kafka_options
 
 from .state import TaskState
 
@@ -246,7 +247,9 @@ class TaskStates:
         }
         if not history:
             return
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap, enable_auto_commit=False, **kafka_options()
+        )
         await consumer.start()
         try:
             snapshots = [TopicPartition(self._snapshots, p) for p in history]

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 from stepbus_contracts import CloudEvent, EventData, derive_id
 from stepbus_runtime import Emit, EventPublisher, PayloadStore, clip, iter_latest
+from stepbus_runtime.kafka_security import kafka_options
 
 __all__ = ["Ledger", "LedgerEntries", "LedgerRecord"]
 
@@ -155,7 +156,9 @@ class Ledger:
         ]
         if not partitions:
             return
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap, enable_auto_commit=False, **kafka_options()
+        )
         await consumer.start()
         loaded = 0
         try:

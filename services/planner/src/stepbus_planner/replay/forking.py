@@ -25,6 +25,7 @@ from stepbus_contracts import (
 )
 from stepbus_runtime import Emit, EventPublisher, service_publisher, topic_partitions
 from stepbus_runtime.claimcheck import ClaimCheckError
+from stepbus_runtime.kafka_security import kafka_options
 
 from ..settings import PlannerSettings
 from .recording import Recording, RecordingError, key_partition
@@ -91,7 +92,10 @@ async def run_fork(
                 raise RecordingError(f"topic {topics.results} not found")
             tp = TopicPartition(topics.results, key_partition(key, len(partitions)))
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=bootstrap, enable_auto_commit=False, client_id="stepbus-fork"
+                bootstrap_servers=bootstrap,
+                enable_auto_commit=False,
+                client_id="stepbus-fork",
+                **kafka_options(),
             )
             await consumer.start()
             consumer.assign([tp])

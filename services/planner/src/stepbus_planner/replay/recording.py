@@ -35,6 +35,7 @@ from stepbus_contracts import (
 )
 from stepbus_runtime import PayloadStore, iter_to_end, topic_partitions
 from stepbus_runtime.claimcheck import ClaimCheckError
+from stepbus_runtime.kafka_security import kafka_options
 from stepbus_runtime.tracing import header_span_context
 
 from ..state import critique_key
@@ -190,6 +191,7 @@ async def read_journals(
         enable_auto_commit=False,
         client_id="stepbus-replay",
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        **kafka_options(),
     )
     await consumer.start()
     try:

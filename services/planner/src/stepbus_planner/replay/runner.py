@@ -48,6 +48,7 @@ from stepbus_contracts import (
 )
 from stepbus_runtime import Emit, delete_namespace, ensure_topics, iter_to_end, topic_partitions
 from stepbus_runtime.claimcheck import ClaimCheckError
+from stepbus_runtime.kafka_security import kafka_options
 
 from ..app import build_planner, openai_model
 from ..ports import ChatModel, ModelTurn
@@ -116,7 +117,9 @@ async def _copy_catalog(bootstrap: str, live: Topics, ns: Topics, recordings: li
     found: dict[str, ToolRegistered] = {}
     partitions = await topic_partitions(bootstrap, live.tool_catalog)
     if partitions:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, **kafka_options()
+        )
         await consumer.start()
         try:
             async for record in iter_to_end(consumer, partitions):
@@ -196,6 +199,7 @@ class _Watcher:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             client_id="stepbus-replay",
+            **kafka_options(),
         )
         await consumer.start()
         try:

@@ -47,6 +47,7 @@ from stepbus_runtime import (
     topic_partitions,
 )
 from stepbus_runtime.claimcheck import ClaimCheckError, claim_reference
+from stepbus_runtime.kafka_security import kafka_options
 
 from ..app import build_planner
 from ..settings import PlannerSettings
@@ -124,6 +125,7 @@ class ShadowWorld:
             enable_auto_commit=False,
             client_id="stepbus-shadow-world",
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            **kafka_options(),
         )
         await consumer.start()
         try:
@@ -254,7 +256,7 @@ async def start_at_the_end(bootstrap: str, group_id: str, topic: str) -> None:
     runs the traffic from its first start on, not the topic's whole retention."""
     partitions = await topic_partitions(bootstrap, topic)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False
+        bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False, **kafka_options()
     )
     await consumer.start()
     try:
