@@ -22,6 +22,8 @@
 #                          stepbus-operator and stepbus-stranger (no ACLs);
 #                          password "stepbus" for all. Client properties for each user are
 #                          written to $AUTHZ_KAFKA_DIR/clients/<user>.properties.
+#   $AUTHZ_KAFKA_PORT + 3  SASL_SSL: the same users over TLS, with a certificate for 127.0.0.1
+#                          from a throwaway CA made at start ($AUTHZ_KAFKA_DIR/tls/ca.crt)
 #
 # Environment: AUTHZ_KAFKA_PORT, AUTHZ_KAFKA_DIR (default /tmp/stepbus-authz-kafka),
 # STEPBUS_HOME (jars; default <repo>/.stepbus), KAFKA_START_TIMEOUT (seconds, default 60).
@@ -37,6 +39,7 @@ HOST=127.0.0.1
 PORT="${AUTHZ_KAFKA_PORT:-19092}"
 CONTROLLER_PORT=$((PORT + 1))
 SASL_PORT=$((PORT + 2))
+SSL_PORT=$((PORT + 3))
 DIR="${AUTHZ_KAFKA_DIR:-/tmp/stepbus-authz-kafka}"
 PROPS="$DIR/server.properties"
 PID_FILE="$DIR/kafka.pid"
@@ -92,18 +95,35 @@ cmd_fetch() {
     mv "$tmp" "$TOOLS_JARS"
 }
 
+# A throwaway CA and the broker's certificate for $HOST (PKCS#12, password $PASSWORD).
+write_tls() {
+    command -v openssl >/dev/null 2>&1 || die "openssl is required for the TLS listener"
+    local tls="$DIR/tls"
+    mkdir -p "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=stepbus-authz-ca" \
+        -keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=$HOST" \
+        -keyout "$tls/broker.key" -out "$tls/broker.csr" 2>/dev/null
+    printf 'subjectAltName=IP:%s\n' "$HOST" >"$tls/san.ext"
+    openssl x509 -req -in "$tls/broker.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" \
+        -CAcreateserial -days 2 -extfile "$tls/san.ext" -out "$tls/broker.crt" 2>/dev/null
+    openssl pkcs12 -export -in "$tls/broker.crt" -inkey "$tls/broker.key" -name broker \
+        -passout "pass:$PASSWORD" -out "$tls/broker.p12"
+}
+
 write_config() {
     local users="" user
     for user in "${USERS[@]}"; do users+=" user_$user=\"$PASSWORD\""; done
     mkdir -p "$DIR/data" "$DIR/logs" "$DIR/clients"
     touch "$DIR/.stepbus-authz-broker"
+    write_tls
     cat >"$PROPS" <<EOF
 # Written by deploy/kafka/authz-broker.sh; a throwaway broker for trying ACLs.
 process.roles=broker,controller
 node.id=1
-listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT
-advertised.listeners=PLAINTEXT://$HOST:$PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT,SASL_SSL://$HOST:$SSL_PORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT,SASL_SSL://$HOST:$SSL_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 controller.quorum.bootstrap.servers=$HOST:$CONTROLLER_PORT
@@ -115,6 +135,11 @@ allow.everyone.if.no.acl.found=false
 super.users=User:ANONYMOUS;User:stepbus-admin
 sasl.enabled.mechanisms=PLAIN
 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required$users;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required$users;
+listener.name.sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.sasl_ssl.ssl.keystore.location=$DIR/tls/broker.p12
+listener.name.sasl_ssl.ssl.keystore.password=$PASSWORD
+listener.name.sasl_ssl.ssl.key.password=$PASSWORD
 
 default.replication.factor=1
 min.insync.replicas=1
@@ -149,7 +174,7 @@ cmd_start() {
     fi
     compgen -G "$JARS/kafka_*.jar" >/dev/null || die "no Kafka jars in $JARS: run '$0 fetch'"
     local port
-    for port in "$PORT" "$CONTROLLER_PORT" "$SASL_PORT"; do
+    for port in "$PORT" "$CONTROLLER_PORT" "$SASL_PORT" "$SSL_PORT"; do
         ! port_open "$port" \
             || die "something already listens on $HOST:$port; set AUTHZ_KAFKA_PORT to free ports"
     done
@@ -167,7 +192,7 @@ cmd_start() {
     pid=$!
     echo "$pid" >"$PID_FILE"
     local deadline=$((SECONDS + ${KAFKA_START_TIMEOUT:-60}))
-    until port_open "$SASL_PORT" && grep -q 'Kafka Server started' "$DIR/logs/kafka-server.log" 2>/dev/null; do
+    until port_open "$SASL_PORT" && port_open "$SSL_PORT" && grep -q 'Kafka Server started' "$DIR/logs/kafka-server.log" 2>/dev/null; do
         kill -0 "$pid" 2>/dev/null || {
             tail -n 30 "$DIR/logs/console.log" "$DIR/logs/kafka-server.log" >&2 || true
             die "Kafka exited during startup (logs in $DIR/logs)"
@@ -175,7 +200,7 @@ cmd_start() {
         ((SECONDS < deadline)) || die "Kafka not ready after ${KAFKA_START_TIMEOUT:-60}s (pid $pid; logs in $DIR/logs)"
         sleep 0.2
     done
-    say "ready (pid $pid): PLAINTEXT $HOST:$PORT (super user), SASL_PLAINTEXT $HOST:$SASL_PORT; clients in $DIR/clients"
+    say "ready (pid $pid): PLAINTEXT $HOST:$PORT (super user), SASL_PLAINTEXT $HOST:$SASL_PORT, SASL_SSL $HOST:$SSL_PORT (CA $DIR/tls/ca.crt); clients in $DIR/clients"
 }
 
 cmd_stop() {

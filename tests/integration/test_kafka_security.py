@@ -1,7 +1,8 @@
 """Kafka security for real: a broker that takes only authenticated clients on its SASL
-listener (``deploy/kafka/authz-broker.sh``), and the runtime's clients configured by
-``STEPBUS_KAFKA_*`` alone, as a service process is: topics created, an event published through
-the publisher and read back; the wrong password is refused."""
+listeners, one in plain text and one over TLS (``deploy/kafka/authz-broker.sh``), and the
+runtime's clients configured by ``STEPBUS_KAFKA_*`` alone, as a service process is: topics
+created, an event published through the publisher and read back; the wrong password, and TLS
+without the broker's CA, are refused."""
 
 from __future__ import annotations
 
@@ -68,27 +69,29 @@ def _free_run(count: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def sasl_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_run(3)
-    env = {
-        **os.environ,
-        "AUTHZ_KAFKA_PORT": str(port),
-        "AUTHZ_KAFKA_DIR": str(tmp_path_factory.mktemp("authz-kafka") / "broker"),
-    }
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """The broker's first port and its directory."""
+    port = _free_run(4)
+    directory = tmp_path_factory.mktemp("authz-kafka") / "broker"
+    env = {**os.environ, "AUTHZ_KAFKA_PORT": str(port), "AUTHZ_KAFKA_DIR": str(directory)}
     subprocess.run(["bash", str(SCRIPT), "start"], env=env, check=True, timeout=180)
     try:
-        yield f"127.0.0.1:{port + 2}"
+        yield port, directory
     finally:
         subprocess.run(["bash", str(SCRIPT), "stop"], env=env, check=False, timeout=60)
 
 
-def client(bootstrap: str, password: str) -> subprocess.CompletedProcess[str]:
+def client(
+    bootstrap: str, password: str, protocol: str = "SASL_PLAINTEXT", **tls: str
+) -> subprocess.CompletedProcess[str]:
+    """A process whose only Kafka settings are the bootstrap and ``STEPBUS_KAFKA_*``."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("STEPBUS_KAFKA_")}
     env.update(
-        STEPBUS_KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT",
+        STEPBUS_KAFKA_SECURITY_PROTOCOL=protocol,
         STEPBUS_KAFKA_SASL_MECHANISM="PLAIN",
         STEPBUS_KAFKA_SASL_USERNAME="stepbus-admin",
         STEPBUS_KAFKA_SASL_PASSWORD=password,
+        **{f"STEPBUS_KAFKA_{name.upper()}": value for name, value in tls.items()},
     )
     return subprocess.run(
         [sys.executable, "-c", CLIENT, bootstrap, unique_prefix()],
@@ -100,15 +103,26 @@ def client(bootstrap: str, password: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_runtime_clients_authenticate_with_sasl_from_the_environment(
-    sasl_bootstrap: str,
+    broker: tuple[int, Path],
 ) -> None:
-    done = client(sasl_bootstrap, "stepbus")
+    done = client(f"127.0.0.1:{broker[0] + 2}", "stepbus")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "read back over SASL_PLAINTEXT" in done.stdout
 
 
-def test_a_wrong_password_is_refused(sasl_bootstrap: str) -> None:
-    done = client(sasl_bootstrap, "not-the-password")
+def test_sasl_over_tls_verifies_the_broker_with_the_given_ca(broker: tuple[int, Path]) -> None:
+    port, directory = broker
+    tls = f"127.0.0.1:{port + 3}"
+    done = client(tls, "stepbus", "SASL_SSL", ssl_cafile=str(directory / "tls" / "ca.crt"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "read back over SASL_SSL" in done.stdout
+    unknown_ca = client(tls, "stepbus", "SASL_SSL")  # the system's CAs never signed it
+    assert unknown_ca.returncode != 0
+    assert "Unable to bootstrap" in unknown_ca.stderr
+
+
+def test_a_wrong_password_is_refused(broker: tuple[int, Path]) -> None:
+    done = client(f"127.0.0.1:{broker[0] + 2}", "not-the-password")
     assert done.returncode != 0
     assert "Unable to bootstrap" in done.stderr  # the broker never let it in
     assert "not-the-password" not in done.stdout + done.stderr  # never echoed
